@@ -1,0 +1,11 @@
+//! What the platform says: provisioning media (DVD), the OVF environment, IMDS, the wireserver, VM identity and
+//! the Hyper-V KVP record format. Parsers here are pure (bytes in, types out); network clients take their endpoint
+//! and retry policy from the caller.
+
+pub mod http;
+pub mod identity;
+pub mod imds;
+pub mod kvp;
+pub mod media;
+pub mod ovf;
+pub mod wireserver;

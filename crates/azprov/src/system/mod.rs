@@ -1,0 +1,161 @@
+//! The system boundary: the only code that runs commands, touches files or makes syscalls.
+//!
+//! Every path given to a `System` is a path *on the target OS* (`/etc/passwd`); the implementation maps it under
+//! its root (`--root DIR`). Commands are argv vectors with optional secret stdin, never shell strings.
+
+pub mod real;
+pub mod record;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::platform::media::ReadAt;
+use crate::secret::Secret;
+
+pub use real::RealSystem;
+
+/// One external command.
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub program: String,
+    pub args: Vec<String>,
+    /// Fed to the child's stdin (passwords go here, never into `args`).
+    pub stdin: Option<Secret>,
+    pub timeout: Duration,
+}
+
+impl Command {
+    pub fn new(program: &str, args: &[&str]) -> Self {
+        Command {
+            program: program.to_string(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            stdin: None,
+            timeout: Duration::from_secs(60),
+        }
+    }
+    pub fn stdin(mut self, data: Secret) -> Self {
+        self.stdin = Some(data);
+        self
+    }
+    /// `program arg …` for logs (stdin is never shown).
+    pub fn display(&self) -> String {
+        std::iter::once(self.program.as_str()).chain(self.args.iter().map(|s| s.as_str())).collect::<Vec<_>>().join(" ")
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CommandOutput {
+    /// Exit code; `None` when killed by a signal or the timeout.
+    pub status: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub timed_out: bool,
+}
+
+impl CommandOutput {
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).trim().to_string()
+    }
+}
+
+/// `lstat` facts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileInfo {
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits only.
+    pub mode: u32,
+    pub is_dir: bool,
+    pub is_symlink: bool,
+    pub is_file: bool,
+    pub len: u64,
+    pub mtime_s: i64,
+}
+
+/// `CDROM_DRIVE_STATUS` answers (platform.md §2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CdromStatus {
+    NoDisc,
+    TrayOpen,
+    NotReady,
+    DiscOk,
+    /// Not a drive (an image file standing in for one in a sandbox): readable as is.
+    ImageFile,
+    Unknown(i32),
+}
+
+/// A held lock; released on drop.
+pub trait Lock: Send {}
+
+pub trait System: Send + Sync {
+    /// The target root (`/` on a live system).
+    fn root(&self) -> &Path;
+    /// True when operating on the running system (root is `/`): only then are kernel settings touched.
+    fn is_live(&self) -> bool {
+        self.root() == Path::new("/")
+    }
+    /// The host path of a target path.
+    fn host_path(&self, path: &Path) -> PathBuf {
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        if self.is_live() {
+            Path::new("/").join(rel)
+        } else {
+            self.root().join(rel)
+        }
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    fn read_to_string(&self, path: &Path) -> io::Result<String> {
+        String::from_utf8(self.read(path)?).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+    /// Entry names of a directory, sorted.
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+    /// `lstat`.
+    fn stat(&self, path: &Path) -> io::Result<FileInfo>;
+    fn exists(&self, path: &Path) -> bool {
+        self.stat(path).is_ok()
+    }
+    /// Atomically replace `path`: temp file in the same directory created with `mode`, owner set, fsync, rename.
+    /// Refuses to replace a symlink.
+    fn write_file(&self, path: &Path, data: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()>;
+    /// `mkdir -p`; directories this call creates get `mode` and `owner`.
+    fn create_dir_all(&self, path: &Path, mode: u32, owner: Option<(u32, u32)>) -> io::Result<()>;
+    fn set_owner(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()>;
+    fn set_mode(&self, path: &Path, mode: u32) -> io::Result<()>;
+    /// Remove a file; a missing file is not an error.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+
+    /// Run a host program. A program that is not installed gives `ErrorKind::NotFound`.
+    fn run(&self, cmd: &Command) -> io::Result<CommandOutput>;
+    /// Whether a host program is installed (on `PATH`).
+    fn has_program(&self, program: &str) -> bool;
+
+    /// `sethostname(2)` on a live system; `Ok(false)` (not touched) under a root.
+    fn set_kernel_hostname(&self, name: &str) -> io::Result<bool>;
+
+    /// Open a target path (device node or, in a sandbox, an image file) for random-access reads.
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadAt>>;
+    /// Open a host path given on the command line (`--media`).
+    fn open_host_read(&self, path: &Path) -> io::Result<Box<dyn ReadAt>>;
+    fn cdrom_status(&self, path: &Path) -> io::Result<CdromStatus>;
+    /// Eject a CD-ROM; `Ok(false)` when the path is not a drive (nothing to eject).
+    fn eject(&self, path: &Path) -> io::Result<bool>;
+
+    /// Append KVP records under both `flock` and an `fcntl` write lock, then fsync.
+    fn kvp_append(&self, path: &Path, records: &[u8]) -> io::Result<()>;
+    /// Once per boot: truncate the pool if it was last written before `boot_time_s` (under the same locks).
+    fn kvp_truncate_if_older(&self, path: &Path, boot_time_s: i64) -> io::Result<bool>;
+
+    /// Exclusive, non-blocking lock on `path` (created 0600). `WouldBlock` when another process holds it.
+    fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn Lock>>;
+
+    /// Seconds since the epoch when this boot started (`btime` in `/proc/stat` of the target).
+    fn boot_time(&self) -> Option<i64> {
+        let stat = self.read_to_string(Path::new("/proc/stat")).ok()?;
+        stat.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse().ok())
+    }
+}

@@ -1,0 +1,421 @@
+//! `System` on a real machine, under a root directory (`/` = live).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::{CdromStatus, Command, CommandOutput, FileInfo, Lock, System};
+use crate::platform::media::ReadAt;
+
+pub struct RealSystem {
+    root: PathBuf,
+}
+
+impl RealSystem {
+    /// `root` = `/` for the running system, or a sandbox/offline image directory.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        RealSystem { root: root.into() }
+    }
+}
+
+struct FileReader {
+    file: File,
+    size: u64,
+}
+
+impl ReadAt for FileReader {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+fn open_reader(host: &Path) -> io::Result<Box<dyn ReadAt>> {
+    let file = OpenOptions::new().read(true).custom_flags(libc_o_nonblock()).open(host)?;
+    let meta = file.metadata()?;
+    let size = if meta.file_type().is_file() { meta.len() } else { block_size(&file).unwrap_or(0) };
+    Ok(Box::new(FileReader { file, size }))
+}
+
+const fn libc_o_nonblock() -> i32 {
+    0o4000 // O_NONBLOCK: a CD-ROM open must not wait for the tray
+}
+
+/// `BLKGETSIZE64`.
+fn block_size(file: &File) -> io::Result<u64> {
+    struct BlkGetSize64(u64);
+    unsafe impl rustix::ioctl::Ioctl for BlkGetSize64 {
+        type Output = u64;
+        const IS_MUTATING: bool = true;
+        fn opcode(&self) -> rustix::ioctl::Opcode {
+            0x8008_1272
+        }
+        fn as_ptr(&mut self) -> *mut core::ffi::c_void {
+            (&mut self.0) as *mut u64 as *mut core::ffi::c_void
+        }
+        unsafe fn output_from_ptr(
+            _out: rustix::ioctl::IoctlOutput,
+            ptr: *mut core::ffi::c_void,
+        ) -> rustix::io::Result<u64> {
+            Ok(*(ptr as *const u64))
+        }
+    }
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer we pass.
+    unsafe { rustix::ioctl::ioctl(file, BlkGetSize64(0)) }.map_err(io::Error::from)
+}
+
+/// An ioctl taking an integer argument and returning the syscall's integer result.
+struct IntIoctl {
+    opcode: rustix::ioctl::Opcode,
+    arg: usize,
+}
+
+unsafe impl rustix::ioctl::Ioctl for IntIoctl {
+    type Output = i32;
+    const IS_MUTATING: bool = false;
+    fn opcode(&self) -> rustix::ioctl::Opcode {
+        self.opcode
+    }
+    fn as_ptr(&mut self) -> *mut core::ffi::c_void {
+        self.arg as *mut core::ffi::c_void
+    }
+    unsafe fn output_from_ptr(
+        out: rustix::ioctl::IoctlOutput,
+        _ptr: *mut core::ffi::c_void,
+    ) -> rustix::io::Result<i32> {
+        Ok(out)
+    }
+}
+
+const CDROM_DRIVE_STATUS: rustix::ioctl::Opcode = 0x5326;
+const CDROMEJECT: rustix::ioctl::Opcode = 0x5309;
+const CDSL_CURRENT: usize = i32::MAX as usize;
+
+struct FileLock {
+    _file: File,
+}
+impl Lock for FileLock {}
+
+fn info(meta: &fs::Metadata) -> FileInfo {
+    let ft = meta.file_type();
+    FileInfo {
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mode: meta.mode() & 0o7777,
+        is_dir: ft.is_dir(),
+        is_symlink: ft.is_symlink(),
+        is_file: ft.is_file(),
+        len: meta.len(),
+        mtime_s: meta.mtime(),
+    }
+}
+
+fn chown(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
+/// Lock a pool file with both lock kinds hv_kvp_daemon and other agents use.
+fn kvp_lock(file: &File) -> io::Result<()> {
+    rustix::fs::flock(file, rustix::fs::FlockOperation::LockExclusive)?;
+    rustix::fs::fcntl_lock(file, rustix::fs::FlockOperation::LockExclusive)?;
+    Ok(())
+}
+
+fn kvp_open(host: &Path) -> io::Result<File> {
+    if let Some(dir) = host.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new().read(true).append(true).create(true).mode(0o644).custom_flags(0o400_000).open(host)
+}
+
+impl System for RealSystem {
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        fs::read(self.host_path(path))
+    }
+
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names: Vec<String> = fs::read_dir(self.host_path(path))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    fn stat(&self, path: &Path) -> io::Result<FileInfo> {
+        fs::symlink_metadata(self.host_path(path)).map(|m| info(&m))
+    }
+
+    fn write_file(&self, path: &Path, data: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
+        let host = self.host_path(path);
+        if let Ok(m) = fs::symlink_metadata(&host) {
+            if m.file_type().is_symlink() {
+                return Err(io::Error::other(format!("refusing to replace symlink {}", path.display())));
+            }
+        }
+        let dir = host.parent().ok_or_else(|| io::Error::other("path has no parent"))?;
+        let name = host.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.azprov-tmp"));
+        let _ = fs::remove_file(&tmp);
+        let result = (|| {
+            // O_EXCL + O_NOFOLLOW: never write through something planted at the temp name.
+            let mut f =
+                OpenOptions::new().write(true).create_new(true).mode(mode).custom_flags(0o400_000).open(&tmp)?;
+            f.write_all(data)?;
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
+            chown(&tmp, owner)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &host)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn create_dir_all(&self, path: &Path, mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
+        let host = self.host_path(path);
+        let mut missing = Vec::new();
+        let mut p = host.as_path();
+        while fs::symlink_metadata(p).is_err() {
+            missing.push(p.to_path_buf());
+            match p.parent() {
+                Some(parent) => p = parent,
+                None => break,
+            }
+        }
+        for dir in missing.iter().rev() {
+            fs::DirBuilder::new().mode(mode).create(dir)?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
+            chown(dir, owner)?;
+        }
+        if !fs::symlink_metadata(&host)?.is_dir() {
+            return Err(io::Error::other(format!("{} is not a directory", path.display())));
+        }
+        Ok(())
+    }
+
+    fn set_owner(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        std::os::unix::fs::lchown(self.host_path(path), Some(uid), Some(gid))
+    }
+
+    fn set_mode(&self, path: &Path, mode: u32) -> io::Result<()> {
+        fs::set_permissions(self.host_path(path), fs::Permissions::from_mode(mode))
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        match fs::remove_file(self.host_path(path)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    fn run(&self, cmd: &Command) -> io::Result<CommandOutput> {
+        let mut child = std::process::Command::new(&cmd.program)
+            .args(&cmd.args)
+            .stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("LC_ALL", "C")
+            .spawn()?;
+        if let (Some(data), Some(mut stdin)) = (&cmd.stdin, child.stdin.take()) {
+            stdin.write_all(data.expose())?;
+        }
+        // Drain pipes on threads so a chatty child cannot block on a full pipe while we wait.
+        let mut out_pipe = child.stdout.take();
+        let mut err_pipe = child.stderr.take();
+        let out_t = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(p) = out_pipe.as_mut() {
+                let _ = p.read_to_end(&mut v);
+            }
+            v
+        });
+        let err_t = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(p) = err_pipe.as_mut() {
+                let _ = p.read_to_end(&mut v);
+            }
+            v
+        });
+        let start = Instant::now();
+        let mut timed_out = false;
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break st;
+            }
+            if start.elapsed() >= cmd.timeout {
+                let _ = child.kill();
+                timed_out = true;
+                break child.wait()?;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        Ok(CommandOutput {
+            status: status.code(),
+            stdout: out_t.join().unwrap_or_default(),
+            stderr: err_t.join().unwrap_or_default(),
+            timed_out,
+        })
+    }
+
+    fn has_program(&self, program: &str) -> bool {
+        if program.contains('/') {
+            return Path::new(program).exists();
+        }
+        let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        std::env::split_paths(&path).any(|d| {
+            fs::metadata(d.join(program)).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+        })
+    }
+
+    fn set_kernel_hostname(&self, name: &str) -> io::Result<bool> {
+        if !self.is_live() {
+            return Ok(false);
+        }
+        rustix::system::sethostname(name.as_bytes())?;
+        Ok(true)
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadAt>> {
+        open_reader(&self.host_path(path))
+    }
+
+    fn open_host_read(&self, path: &Path) -> io::Result<Box<dyn ReadAt>> {
+        open_reader(path)
+    }
+
+    fn cdrom_status(&self, path: &Path) -> io::Result<CdromStatus> {
+        let host = self.host_path(path);
+        let file = OpenOptions::new().read(true).custom_flags(libc_o_nonblock()).open(&host)?;
+        if file.metadata()?.file_type().is_file() {
+            return Ok(CdromStatus::ImageFile);
+        }
+        // SAFETY: CDROM_DRIVE_STATUS takes an integer slot argument and returns an integer.
+        let st = unsafe { rustix::ioctl::ioctl(&file, IntIoctl { opcode: CDROM_DRIVE_STATUS, arg: CDSL_CURRENT }) }?;
+        Ok(match st {
+            1 => CdromStatus::NoDisc,
+            2 => CdromStatus::TrayOpen,
+            3 => CdromStatus::NotReady,
+            4 => CdromStatus::DiscOk,
+            n => CdromStatus::Unknown(n),
+        })
+    }
+
+    fn eject(&self, path: &Path) -> io::Result<bool> {
+        let host = self.host_path(path);
+        let file = OpenOptions::new().read(true).custom_flags(libc_o_nonblock()).open(&host)?;
+        if file.metadata()?.file_type().is_file() {
+            return Ok(false);
+        }
+        // SAFETY: CDROMEJECT takes no argument.
+        unsafe { rustix::ioctl::ioctl(&file, IntIoctl { opcode: CDROMEJECT, arg: 0 }) }?;
+        Ok(true)
+    }
+
+    fn kvp_append(&self, path: &Path, records: &[u8]) -> io::Result<()> {
+        let mut file = kvp_open(&self.host_path(path))?;
+        kvp_lock(&file)?;
+        file.write_all(records)?;
+        file.sync_all()
+        // locks drop with the fd
+    }
+
+    fn kvp_truncate_if_older(&self, path: &Path, boot_time_s: i64) -> io::Result<bool> {
+        let host = self.host_path(path);
+        if fs::symlink_metadata(&host).is_err() {
+            return Ok(false);
+        }
+        let file = kvp_open(&host)?;
+        kvp_lock(&file)?;
+        if file.metadata()?.mtime() < boot_time_s {
+            file.set_len(0)?;
+            file.sync_all()?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn Lock>> {
+        let host = self.host_path(path);
+        let file =
+            OpenOptions::new().read(true).write(true).create(true).mode(0o600).custom_flags(0o400_000).open(host)?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+        Ok(Box::new(FileLock { _file: file }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_under_root() {
+        let s = RealSystem::new("/tmp/sandbox");
+        assert_eq!(s.host_path(Path::new("/etc/passwd")), PathBuf::from("/tmp/sandbox/etc/passwd"));
+        assert!(!s.is_live());
+        assert!(RealSystem::new("/").is_live());
+    }
+
+    #[test]
+    fn atomic_write_mode_and_symlink_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RealSystem::new(dir.path());
+        s.create_dir_all(Path::new("/a/b"), 0o700, None).unwrap();
+        s.write_file(Path::new("/a/b/f"), b"x", 0o600, None).unwrap();
+        let st = s.stat(Path::new("/a/b/f")).unwrap();
+        assert_eq!(st.mode, 0o600);
+        assert_eq!(s.stat(Path::new("/a")).unwrap().mode, 0o700);
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("a/link")).unwrap();
+        assert!(s.write_file(Path::new("/a/link"), b"x", 0o600, None).is_err());
+    }
+
+    #[test]
+    fn commands_get_stdin_and_timeouts() {
+        let s = RealSystem::new("/");
+        let out = s.run(&Command::new("cat", &[]).stdin(crate::secret::Secret::new(b"abc".to_vec()))).unwrap();
+        assert_eq!(out.stdout, b"abc");
+        let mut slow = Command::new("sleep", &["5"]);
+        slow.timeout = Duration::from_millis(100);
+        let out = s.run(&slow).unwrap();
+        assert!(out.timed_out);
+        let missing = s.run(&Command::new("azprov-no-such-program", &[]));
+        assert_eq!(missing.unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn kvp_append_and_truncate() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RealSystem::new(dir.path());
+        let p = Path::new("/var/lib/hyperv/.kvp_pool_1");
+        s.kvp_append(p, &[1u8; 2560]).unwrap();
+        s.kvp_append(p, &[2u8; 2560]).unwrap();
+        assert_eq!(s.read(p).unwrap().len(), 5120);
+        assert!(!s.kvp_truncate_if_older(p, 0).unwrap());
+        assert!(s.kvp_truncate_if_older(p, i64::MAX).unwrap());
+        assert_eq!(s.read(p).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn image_file_is_not_a_drive() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("dev")).unwrap();
+        std::fs::write(dir.path().join("dev/sr0"), [0u8; 4096]).unwrap();
+        let s = RealSystem::new(dir.path());
+        assert_eq!(s.cdrom_status(Path::new("/dev/sr0")).unwrap(), CdromStatus::ImageFile);
+        assert!(!s.eject(Path::new("/dev/sr0")).unwrap());
+        assert_eq!(s.open_read(Path::new("/dev/sr0")).unwrap().size(), 4096);
+    }
+}

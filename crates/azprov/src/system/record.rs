@@ -1,0 +1,120 @@
+//! A recording test double: a real sandbox root underneath, with every command recorded and, for programs given
+//! a scripted answer, not run at all.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::{CdromStatus, Command, CommandOutput, FileInfo, Lock, RealSystem, System};
+use crate::platform::media::ReadAt;
+
+pub struct RecordingSystem {
+    inner: RealSystem,
+    commands: Mutex<Vec<Command>>,
+    scripted: Mutex<HashMap<String, CommandOutput>>,
+    missing: Mutex<Vec<String>>,
+}
+
+impl RecordingSystem {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        RecordingSystem {
+            inner: RealSystem::new(root),
+            commands: Mutex::new(Vec::new()),
+            scripted: Mutex::new(HashMap::new()),
+            missing: Mutex::new(Vec::new()),
+        }
+    }
+    /// Answer `program` with `output` instead of running it.
+    pub fn script(&self, program: &str, output: CommandOutput) {
+        if let Ok(mut m) = self.scripted.lock() {
+            m.insert(program.to_string(), output);
+        }
+    }
+    /// Pretend `program` is not installed.
+    pub fn uninstall(&self, program: &str) {
+        if let Ok(mut m) = self.missing.lock() {
+            m.push(program.to_string());
+        }
+    }
+    /// Commands run so far.
+    pub fn commands(&self) -> Vec<Command> {
+        self.commands.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+    fn is_missing(&self, program: &str) -> bool {
+        self.missing.lock().map(|m| m.iter().any(|p| p == program)).unwrap_or(false)
+    }
+}
+
+impl System for RecordingSystem {
+    fn root(&self) -> &Path {
+        self.inner.root()
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.inner.read(path)
+    }
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        self.inner.read_dir(path)
+    }
+    fn stat(&self, path: &Path) -> io::Result<FileInfo> {
+        self.inner.stat(path)
+    }
+    fn write_file(&self, path: &Path, data: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
+        self.inner.write_file(path, data, mode, owner)
+    }
+    fn create_dir_all(&self, path: &Path, mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
+        self.inner.create_dir_all(path, mode, owner)
+    }
+    fn set_owner(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        self.inner.set_owner(path, uid, gid)
+    }
+    fn set_mode(&self, path: &Path, mode: u32) -> io::Result<()> {
+        self.inner.set_mode(path, mode)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn run(&self, cmd: &Command) -> io::Result<CommandOutput> {
+        if let Ok(mut c) = self.commands.lock() {
+            c.push(cmd.clone());
+        }
+        if self.is_missing(&cmd.program) {
+            return Err(io::Error::from(io::ErrorKind::NotFound));
+        }
+        let scripted = self.scripted.lock().ok().and_then(|m| m.get(&cmd.program).cloned());
+        match scripted {
+            Some(out) => Ok(out),
+            None => self.inner.run(cmd),
+        }
+    }
+    fn has_program(&self, program: &str) -> bool {
+        if self.is_missing(program) {
+            return false;
+        }
+        self.scripted.lock().map(|m| m.contains_key(program)).unwrap_or(false) || self.inner.has_program(program)
+    }
+    fn set_kernel_hostname(&self, _name: &str) -> io::Result<bool> {
+        Ok(false)
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadAt>> {
+        self.inner.open_read(path)
+    }
+    fn open_host_read(&self, path: &Path) -> io::Result<Box<dyn ReadAt>> {
+        self.inner.open_host_read(path)
+    }
+    fn cdrom_status(&self, path: &Path) -> io::Result<CdromStatus> {
+        self.inner.cdrom_status(path)
+    }
+    fn eject(&self, path: &Path) -> io::Result<bool> {
+        self.inner.eject(path)
+    }
+    fn kvp_append(&self, path: &Path, records: &[u8]) -> io::Result<()> {
+        self.inner.kvp_append(path, records)
+    }
+    fn kvp_truncate_if_older(&self, path: &Path, boot_time_s: i64) -> io::Result<bool> {
+        self.inner.kvp_truncate_if_older(path, boot_time_s)
+    }
+    fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn Lock>> {
+        self.inner.lock_exclusive(path)
+    }
+}
