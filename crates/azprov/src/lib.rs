@@ -15,6 +15,9 @@ pub mod state;
 pub mod system;
 pub mod timeutil;
 
+#[cfg(test)]
+pub mod testutil;
+
 /// The agent name and version as sent to the platform (`agent=azprov/<version>`).
 pub const AGENT: &str = concat!("azprov/", env!("CARGO_PKG_VERSION"));
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,23 @@
+//! Helpers for unit tests: locating `../shared/fixtures` (read in place, never copied).
+
+use std::path::PathBuf;
+
+/// The shared fixtures directory (`<repo>/../shared/fixtures`). `None` (with a printed reason) when it is absent,
+/// unless `AZPROV_REQUIRE_SHARED=1`, in which case a missing directory fails the test.
+pub fn shared_fixtures() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures");
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    if std::env::var("AZPROV_REQUIRE_SHARED").as_deref() == Ok("1") {
+        panic!("AZPROV_REQUIRE_SHARED=1 but {} does not exist", dir.display());
+    }
+    eprintln!("skipping: {} is absent (set AZPROV_REQUIRE_SHARED=1 to make this fatal)", dir.display());
+    None
+}
+
+/// Read one fixture file, e.g. `fixture("ovf/walinuxagent-ovf-env.xml")`; `None` when the fixtures are absent.
+pub fn fixture(rel: &str) -> Option<Vec<u8>> {
+    let dir = shared_fixtures()?;
+    Some(std::fs::read(dir.join(rel)).unwrap_or_else(|e| panic!("fixture {rel}: {e}")))
+}
