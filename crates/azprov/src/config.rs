@@ -1,1 +1,396 @@
-//! config
+//! Configuration: TOML from `/etc/azprov/azprov.toml`, then `/etc/azprov/azprov.toml.d/*.toml` in lexical order,
+//! then `--config FILE`; environment overrides for the endpoints. Unknown keys and bad values are errors that name
+//! the file and the key.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::platform::wireserver::HealthProtocol;
+use crate::system::System;
+
+pub const MAIN_FILE: &str = "/etc/azprov/azprov.toml";
+pub const DROP_IN_DIR: &str = "/etc/azprov/azprov.toml.d";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub platform: PlatformConfig,
+    pub media: MediaConfig,
+    pub state: StateConfig,
+    pub kvp: KvpConfig,
+    pub duties: Duties,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlatformConfig {
+    /// IMDS base URL (env `AZPROV_IMDS_URL` overrides).
+    pub imds_url: String,
+    /// Wireserver base URL (env `AZPROV_WIRESERVER_URL` overrides).
+    pub wireserver_url: String,
+    /// `xml` (goal state + `comp=health`) or `json` (`/provisioning/health`).
+    pub health_protocol: HealthProtocol,
+    /// Overall IMDS deadline in seconds.
+    pub imds_deadline_secs: u64,
+    /// Wireserver reporting deadline in seconds from the start of provisioning.
+    pub wireserver_deadline_secs: u64,
+    pub connect_timeout_secs: u64,
+    pub imds_read_timeout_secs: u64,
+    pub wireserver_read_timeout_secs: u64,
+    /// Refuse to run when the machine does not look like an Azure VM.
+    pub require_azure: bool,
+    /// How long to probe IMDS when the chassis asset tag is missing, in milliseconds.
+    pub detect_timeout_ms: u64,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        PlatformConfig {
+            imds_url: "http://169.254.169.254".into(),
+            wireserver_url: "http://168.63.129.16".into(),
+            health_protocol: HealthProtocol::Xml,
+            imds_deadline_secs: 300,
+            wireserver_deadline_secs: 1200,
+            connect_timeout_secs: 5,
+            imds_read_timeout_secs: 30,
+            wireserver_read_timeout_secs: 60,
+            require_azure: true,
+            detect_timeout_ms: 2000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Wait this long for media in a CD-ROM drive that exists but has no disc yet (never waits without a drive).
+    pub wait_secs: u64,
+    /// Eject the DVD after Ready was accepted (it holds the plaintext password).
+    pub eject: bool,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig { wait_secs: 10, eject: true }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Persistent state: per-VM step results, provisioned markers, redacted OVF copy.
+    pub dir: PathBuf,
+    /// Per-boot state (the unredacted OVF between phases, removed after Ready).
+    pub run_dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig { dir: "/var/lib/azprov".into(), run_dir: "/run/azprov".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvpConfig {
+    pub enabled: bool,
+    /// Guest→host pool file.
+    pub pool_path: PathBuf,
+}
+
+impl Default for KvpConfig {
+    fn default() -> Self {
+        KvpConfig { enabled: true, pool_path: "/var/lib/hyperv/.kvp_pool_1".into() }
+    }
+}
+
+/// One switch per duty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Duties {
+    pub hostname: HostnameDuty,
+    pub user: UserDuty,
+    pub password: Switch,
+    pub ssh_keys: Switch,
+    pub sshd: SshdDuty,
+    pub sudo: SudoDuty,
+}
+
+impl Default for Duties {
+    fn default() -> Self {
+        Duties {
+            hostname: HostnameDuty::default(),
+            user: UserDuty::default(),
+            password: Switch { enabled: true },
+            ssh_keys: Switch { enabled: true },
+            sshd: SshdDuty::default(),
+            sudo: SudoDuty::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Switch {
+    pub enabled: bool,
+}
+
+impl Default for Switch {
+    fn default() -> Self {
+        Switch { enabled: true }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostnameDuty {
+    pub enabled: bool,
+    /// Add `127.0.1.1 <name>` to /etc/hosts unless nsswitch resolves it with `myhostname`.
+    pub manage_etc_hosts: bool,
+}
+
+impl Default for HostnameDuty {
+    fn default() -> Self {
+        HostnameDuty { enabled: true, manage_etc_hosts: true }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserDuty {
+    pub enabled: bool,
+    /// Supplementary groups for a new admin user; groups the image lacks are skipped.
+    pub groups: Vec<String>,
+}
+
+impl Default for UserDuty {
+    fn default() -> Self {
+        UserDuty { enabled: true, groups: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshdDuty {
+    pub enabled: bool,
+    /// Our drop-in; must sort before other drop-ins (sshd keeps the first value it reads).
+    pub drop_in: PathBuf,
+}
+
+impl Default for SshdDuty {
+    fn default() -> Self {
+        SshdDuty { enabled: true, drop_in: "/etc/ssh/sshd_config.d/01-azprov.conf".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SudoDuty {
+    pub enabled: bool,
+    /// sudoers drop-in (no `.` or `~` in the name, or sudo skips it).
+    pub file: PathBuf,
+}
+
+impl Default for SudoDuty {
+    fn default() -> Self {
+        SudoDuty { enabled: true, file: "/etc/sudoers.d/90-azprov".into() }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            platform: PlatformConfig::default(),
+            media: MediaConfig::default(),
+            state: StateConfig::default(),
+            kvp: KvpConfig::default(),
+            duties: Duties::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: {msg}")]
+    Invalid { file: String, msg: String },
+    #[error("{file}: {err}")]
+    Io { file: String, err: std::io::Error },
+}
+
+/// One configuration source: its name (for errors) and text.
+pub struct Source {
+    pub name: String,
+    pub text: String,
+}
+
+/// Validate one file on its own, so an error names the file it is in.
+fn parse_table(src: &Source) -> Result<toml::Table, ConfigError> {
+    let invalid = |e: toml::de::Error| ConfigError::Invalid { file: src.name.clone(), msg: describe(&src.text, &e) };
+    let table: toml::Table = toml::from_str(&src.text).map_err(invalid)?;
+    toml::from_str::<Config>(&src.text).map_err(invalid)?;
+    Ok(table)
+}
+
+/// A one-line error: the message plus the offending line (which names the key) when toml gives a span.
+fn describe(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_string();
+    let Some(start) = e.span().map(|s| s.start).filter(|&s| s <= text.len() && text.is_char_boundary(s)) else {
+        return msg;
+    };
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    // the table the line belongs to, so `enabled` is reported as `duties.sshd.enabled`
+    let table = text[..start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.strip_prefix('[').and_then(|r| r.strip_suffix(']')).map(|t| t.trim_matches(['[', ']']).to_string())
+    });
+    match table {
+        Some(t) => format!("line {line_no} in [{t}]: `{line}`: {msg}"),
+        None => format!("line {line_no}: `{line}`: {msg}"),
+    }
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Merge sources in order (later wins, key by key) and apply the environment overrides.
+pub fn from_sources(sources: &[Source], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    let mut merged = toml::Table::new();
+    for s in sources {
+        merge(&mut merged, parse_table(s)?);
+    }
+    let mut cfg: Config = toml::Value::Table(merged).try_into().map_err(|e: toml::de::Error| ConfigError::Invalid {
+        file: "merged configuration".into(),
+        msg: e.to_string(),
+    })?;
+    if let Some(u) = env("AZPROV_IMDS_URL").filter(|s| !s.is_empty()) {
+        cfg.platform.imds_url = u;
+    }
+    if let Some(u) = env("AZPROV_WIRESERVER_URL").filter(|s| !s.is_empty()) {
+        cfg.platform.wireserver_url = u;
+    }
+    for (key, url) in
+        [("platform.imds_url", &cfg.platform.imds_url), ("platform.wireserver_url", &cfg.platform.wireserver_url)]
+    {
+        if !url.starts_with("http://") {
+            return Err(ConfigError::Invalid {
+                file: "effective configuration".into(),
+                msg: format!("{key}: `{url}` is not an http:// URL"),
+            });
+        }
+    }
+    Ok(cfg)
+}
+
+/// Read the configuration files of the target (under its root) plus an optional host `--config` file.
+pub fn load(sys: &dyn System, extra: Option<&Path>) -> Result<Config, ConfigError> {
+    let mut sources = Vec::new();
+    let main = Path::new(MAIN_FILE);
+    if sys.exists(main) {
+        let text = sys
+            .read_to_string(main)
+            .map_err(|err| ConfigError::Io { file: sys.host_path(main).display().to_string(), err })?;
+        sources.push(Source { name: sys.host_path(main).display().to_string(), text });
+    }
+    if let Ok(names) = sys.read_dir(Path::new(DROP_IN_DIR)) {
+        for n in names.into_iter().filter(|n| n.ends_with(".toml")) {
+            let p = Path::new(DROP_IN_DIR).join(&n);
+            let text = sys
+                .read_to_string(&p)
+                .map_err(|err| ConfigError::Io { file: sys.host_path(&p).display().to_string(), err })?;
+            sources.push(Source { name: sys.host_path(&p).display().to_string(), text });
+        }
+    }
+    if let Some(p) = extra {
+        let text = std::fs::read_to_string(p).map_err(|err| ConfigError::Io { file: p.display().to_string(), err })?;
+        sources.push(Source { name: p.display().to_string(), text });
+    }
+    from_sources(&sources, &|k| std::env::var(k).ok())
+}
+
+impl Config {
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(name: &str, text: &str) -> Source {
+        Source { name: name.into(), text: text.into() }
+    }
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_without_files() {
+        let c = from_sources(&[], &no_env).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.platform.imds_deadline_secs, 300);
+        assert!(c.duties.sshd.enabled);
+    }
+
+    #[test]
+    fn later_files_win_key_by_key() {
+        let c = from_sources(
+            &[
+                src("a.toml", "[platform]\nimds_deadline_secs = 10\nconnect_timeout_secs = 3\n"),
+                src("b.toml", "[platform]\nimds_deadline_secs = 20\n[duties.sudo]\nenabled = false\n"),
+            ],
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(c.platform.imds_deadline_secs, 20);
+        assert_eq!(c.platform.connect_timeout_secs, 3);
+        assert!(!c.duties.sudo.enabled);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let e = from_sources(&[src("/etc/azprov/azprov.toml.d/10-x.toml", "[duties.sshd]\nenabeld = true\n")], &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("10-x.toml"), "{e}");
+        assert!(e.contains("enabeld"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_file_and_key() {
+        let e = from_sources(&[src("x.toml", "[platform]\nhealth_protocol = \"soap\"\n")], &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x.toml") && e.contains("health_protocol"), "{e}");
+        let e = from_sources(&[src("y.toml", "[kvp]\nenabled = \"yes\"\n")], &no_env).unwrap_err().to_string();
+        assert!(e.contains("y.toml") && e.contains("enabled"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_endpoints() {
+        let env = |k: &str| match k {
+            "AZPROV_IMDS_URL" => Some("http://127.0.0.1:8080".to_string()),
+            _ => None,
+        };
+        let c = from_sources(&[src("a.toml", "[platform]\nimds_url = \"http://127.0.0.2\"\n")], &env).unwrap();
+        assert_eq!(c.platform.imds_url, "http://127.0.0.1:8080");
+        assert_eq!(c.platform.wireserver_url, "http://168.63.129.16");
+    }
+
+    #[test]
+    fn printed_config_round_trips() {
+        let c = Config::default();
+        let back = from_sources(&[src("printed", &c.to_toml())], &no_env).unwrap();
+        assert_eq!(back, c);
+    }
+}

@@ -1,1 +1,615 @@
-//! provision
+//! One boot's provisioning run: identity → media/OVF → local duties → IMDS → re-applied duties → KVP → health
+//! report → marker → eject. Every path ends in a report (Ready, or NotReady/ProvisioningFailed with a public
+//! reason), except "not on Azure" and "another azprov is running", which change nothing.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::duties::{self, Outcome, Passwd};
+use crate::plan::{self, Action, Phase, Plan};
+use crate::platform::cdrom::{self, Found};
+use crate::platform::http::HttpClient;
+use crate::platform::identity;
+use crate::platform::imds::{self, ImdsConfig, Instance};
+use crate::platform::kvp;
+use crate::platform::media::MediaError;
+use crate::platform::ovf::{self, Environment};
+use crate::platform::wireserver::{self, Health, WireConfig};
+use crate::report::{self, Failure, ReportContext};
+use crate::state::{RunResult, RunSummary, State, StepOutcome, StepRecord, VmProgress};
+use crate::system::System;
+use crate::timeutil::{self, Clock};
+
+/// Which part of the boot to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhaseSel {
+    Local,
+    Network,
+    AfterReady,
+    All,
+}
+
+impl PhaseSel {
+    fn local(self) -> bool {
+        matches!(self, PhaseSel::Local | PhaseSel::All)
+    }
+    fn network(self) -> bool {
+        matches!(self, PhaseSel::Network | PhaseSel::All)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub phase: PhaseSel,
+    /// Host path of an image file or device to read the OVF from instead of scanning.
+    pub media: Option<PathBuf>,
+    pub dry_run: bool,
+}
+
+/// Process exit codes.
+pub mod exit {
+    /// Ready accepted, or nothing to do for this VM id.
+    pub const OK: i32 = 0;
+    /// Provisioning failed and the failure was reported.
+    pub const FAILED: i32 = 1;
+    /// Not an Azure VM, or bad configuration: nothing changed.
+    pub const NOT_APPLICABLE: i32 = 2;
+    /// The final report could not be delivered.
+    pub const UNREPORTED: i32 = 3;
+    /// Another azprov process holds the lock.
+    pub const BUSY: i32 = 4;
+}
+
+/// The run's result, for the CLI.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub exit_code: i32,
+    pub summary: RunSummary,
+    /// One line for humans.
+    pub message: String,
+    /// `--dry-run`: the plan.
+    pub plan: Option<serde_json::Value>,
+}
+
+const RUN_OVF: &str = "ovf-env.xml";
+
+struct Run<'a> {
+    sys: &'a dyn System,
+    cfg: &'a Config,
+    clock: &'a dyn Clock,
+    opts: &'a Options,
+    state: State<'a>,
+    started: Instant,
+    vm_id: String,
+    steps: Vec<StepRecord>,
+    progress: VmProgress,
+    pps_type: String,
+    kvp_events: Vec<u8>,
+    boot_epoch: i64,
+    /// Drive the OVF came from (ejected after Ready).
+    device: Option<PathBuf>,
+    warnings: Vec<String>,
+}
+
+fn imds_client(cfg: &Config) -> HttpClient {
+    HttpClient::new(
+        Duration::from_secs(cfg.platform.connect_timeout_secs),
+        Duration::from_secs(cfg.platform.imds_read_timeout_secs),
+    )
+}
+
+/// Entry point for `azprov provision`.
+pub fn provision(sys: &dyn System, cfg: &Config, opts: &Options, clock: &dyn Clock) -> RunOutcome {
+    let started = clock.now();
+    let state = State::new(sys, &cfg.state.dir);
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        match state.lock() {
+            Ok(l) => Some(l),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return early(exit::BUSY, "another azprov process is running (state lock held)");
+            }
+            Err(e) => return early(exit::FAILED, &format!("cannot lock the state directory: {e}")),
+        }
+    };
+    let mut run = Run {
+        sys,
+        cfg,
+        clock,
+        opts,
+        state,
+        started,
+        vm_id: String::new(),
+        steps: Vec::new(),
+        progress: VmProgress::default(),
+        pps_type: "None".into(),
+        kvp_events: Vec::new(),
+        boot_epoch: sys.boot_time().unwrap_or(0),
+        device: None,
+        warnings: Vec::new(),
+    };
+    run.go()
+}
+
+fn early(code: i32, msg: &str) -> RunOutcome {
+    RunOutcome {
+        exit_code: code,
+        summary: RunSummary {
+            vm_id: None,
+            result: RunResult::Error,
+            reason: Some(msg.into()),
+            reported: false,
+            steps: vec![],
+        },
+        message: msg.into(),
+        plan: None,
+    }
+}
+
+/// The VM id from DMI, and whether the chassis says Azure.
+fn read_identity(sys: &dyn System) -> (Result<String, Failure>, bool) {
+    let tag = sys.read_to_string(Path::new("/sys/class/dmi/id/chassis_asset_tag")).unwrap_or_default();
+    let azure = tag.trim() == identity::AZURE_ASSET_TAG;
+    let gen2 = sys.exists(Path::new("/sys/firmware/efi"));
+    let id = match sys.read_to_string(Path::new("/sys/class/dmi/id/product_uuid")) {
+        Ok(u) => identity::vm_id_from_product_uuid(&u, gen2)
+            .ok_or_else(|| Failure::new("failure to identify Azure VM ID").with("product_uuid", u.trim())),
+        Err(e) => Err(Failure::new("failure to identify Azure VM ID").with("exception", e)),
+    };
+    (id, azure)
+}
+
+impl Run<'_> {
+    fn go(&mut self) -> RunOutcome {
+        let (vm_id, azure) = read_identity(self.sys);
+        if !azure && self.cfg.platform.require_azure && !self.platform_answers() {
+            return early(
+                exit::NOT_APPLICABLE,
+                &format!(
+                    "not running on Azure: no Azure chassis asset tag and no answer from IMDS at {} within {} ms; nothing changed",
+                    self.cfg.platform.imds_url, self.cfg.platform.detect_timeout_ms
+                ),
+            );
+        }
+        let vm_id = match vm_id {
+            Ok(id) => id,
+            Err(f) => {
+                self.vm_id = "unknown".into();
+                return self.fail(f);
+            }
+        };
+        self.vm_id = vm_id.clone();
+        if !self.opts.dry_run && self.cfg.kvp.enabled && self.boot_epoch > 0 {
+            let _ = self.sys.kvp_truncate_if_older(&self.cfg.kvp.pool_path, self.boot_epoch);
+        }
+        if self.state.is_provisioned(&vm_id) {
+            let msg = format!("VM {vm_id} is already provisioned: no once-per-VM duty to run");
+            tracing::info!("{msg}");
+            return self.finish(exit::OK, RunResult::Success, None, true, msg);
+        }
+        self.progress = self.state.progress(&vm_id);
+        if self.opts.phase == PhaseSel::AfterReady {
+            let msg = format!("VM {vm_id}: Ready not yet accepted; after-ready work waits for it");
+            return self.finish(exit::OK, RunResult::InProgress, None, false, msg);
+        }
+
+        // IMDS runs on its own thread while the DVD is read and the local duties run.
+        let network = self.opts.phase.network();
+        let client = imds_client(self.cfg);
+        let icfg = ImdsConfig {
+            base_url: self.cfg.platform.imds_url.clone(),
+            deadline: if self.opts.dry_run {
+                Duration::from_millis(self.cfg.platform.detect_timeout_ms)
+            } else {
+                Duration::from_secs(self.cfg.platform.imds_deadline_secs)
+            },
+        };
+        let clock = self.clock;
+        std::thread::scope(|s| {
+            let imds_thread = network.then(|| s.spawn(|| imds::fetch_instance(&client, &icfg, clock)));
+            let ovf = self.read_ovf();
+            let env = match ovf {
+                Ok(env) => env,
+                Err(f) => return self.fail(f),
+            };
+            if self.opts.dry_run {
+                let imds = imds_thread.and_then(|h| h.join().ok()).and_then(|r| r.ok());
+                return self.dry_run(env.as_ref(), imds.as_ref());
+            }
+            if self.opts.phase.local() {
+                let id = plan::identity(env.as_ref(), None);
+                let p = plan::plan(&self.vm_id, &id, self.cfg, &self.progress.done, Phase::Local);
+                if let Err(f) = self.execute(&p, env.as_ref()) {
+                    return self.fail(f);
+                }
+            }
+            if !network {
+                let msg = format!("local phase done for VM {}", self.vm_id);
+                return self.finish(exit::OK, RunResult::InProgress, None, false, msg);
+            }
+            let instance = match imds_thread.map(|h| h.join()) {
+                Some(Ok(Ok(i))) => i,
+                Some(Ok(Err(e))) => return self.fail(e.failure()),
+                _ => {
+                    return self
+                        .fail(Failure::new("unexpected error querying IMDS").with("exception", "IMDS thread failed"))
+                }
+            };
+            self.network_phase(env.as_ref(), &instance)
+        })
+    }
+
+    /// A single short IMDS request: does anything answer like a platform?
+    fn platform_answers(&self) -> bool {
+        let t = Duration::from_millis(self.cfg.platform.detect_timeout_ms);
+        let client = HttpClient::new(t, t);
+        let url = format!("{}/metadata/instance?api-version=2021-08-01", self.cfg.platform.imds_url);
+        client.get(&url, &[("Metadata", "true")]).is_ok()
+    }
+
+    /// The OVF: `--media`, else the per-boot copy a previous phase kept, else the DVD. `Ok(None)`: no media.
+    fn read_ovf(&mut self) -> Result<Option<Environment>, Failure> {
+        let run_copy = self.cfg.state.run_dir.join(RUN_OVF);
+        let bytes = if let Some(path) = &self.opts.media {
+            let reader = self.sys.open_host_read(path).map_err(|e| {
+                Failure::new("error reading provisioning media").with("path", path.display()).with("exception", e)
+            })?;
+            match crate::platform::media::read_ovf(reader.as_ref()) {
+                Ok(m) => Some(m.bytes),
+                Err(e) => return Err(media_failure(e)),
+            }
+        } else if let Some(b) = self.sys.read(&run_copy).ok().filter(|_| !self.opts.phase.local()) {
+            Some(b)
+        } else {
+            let wait = Duration::from_secs(self.cfg.media.wait_secs);
+            match cdrom::find_provisioning_media(self.sys, wait, self.clock) {
+                Found::Ovf { device, media } => {
+                    tracing::info!(
+                        "read ovf-env.xml from {} ({:?}, label {})",
+                        device.display(),
+                        media.fs,
+                        media.label.as_deref().unwrap_or("-")
+                    );
+                    self.device = Some(device);
+                    Some(media.bytes)
+                }
+                Found::Corrupt { device, error } => {
+                    return Err(media_failure(error).with("device", device.display()));
+                }
+                Found::NoDrive => {
+                    self.warn("no CD-ROM drive: continuing with IMDS only; password and customData are unavailable");
+                    None
+                }
+                Found::NoMedia { notes, .. } => {
+                    self.warn(&format!(
+                        "no provisioning media ({}): continuing with IMDS only; password and customData are unavailable",
+                        notes.join("; ")
+                    ));
+                    None
+                }
+            }
+        };
+        let Some(bytes) = bytes else { return Ok(None) };
+        let env = ovf::parse(&bytes).map_err(|e| e.failure())?;
+        for w in &env.warnings {
+            self.warn(&format!("ovf-env.xml: {w}"));
+        }
+        if !self.opts.dry_run {
+            let redacted = ovf::redact(&bytes);
+            if let Err(e) = self.state.save_redacted_ovf(&redacted) {
+                self.warn(&format!("cannot save the redacted ovf-env.xml: {e}"));
+            }
+            // the unredacted copy lives only until Ready (lets a restarted/next phase run without the DVD)
+            let keep = self
+                .sys
+                .create_dir_all(&self.cfg.state.run_dir, 0o700, None)
+                .and_then(|_| self.sys.write_file(&run_copy, &bytes, 0o600, None));
+            if let Err(e) = keep {
+                self.warn(&format!("cannot keep ovf-env.xml in {}: {e}", self.cfg.state.run_dir.display()));
+            }
+        }
+        if let Some(t) = &env.preprovisioned_vm_type {
+            self.pps_type = t.clone();
+        } else if env.preprovisioned_vm {
+            self.pps_type = "Running".into();
+        }
+        Ok(Some(env))
+    }
+
+    fn warn(&mut self, msg: &str) {
+        tracing::warn!("{msg}");
+        self.warnings.push(msg.to_string());
+    }
+
+    fn dry_run(&mut self, env: Option<&Environment>, imds: Option<&Instance>) -> RunOutcome {
+        let id = plan::identity(env, imds);
+        let p = plan::plan(&self.vm_id, &id, self.cfg, &self.progress.done, Phase::Local);
+        let mut v = serde_json::to_value(&p).unwrap_or_default();
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("ovf".into(), serde_json::json!(env.map(|e| e.inspect_json())));
+            obj.insert("imds_answered".into(), serde_json::json!(imds.is_some()));
+            obj.insert("warnings".into(), serde_json::json!(self.warnings));
+            obj.insert(
+                "then".into(),
+                serde_json::json!(["kvp PROVISIONING_REPORT", "health Ready", "provisioned marker", "eject DVD"]),
+            );
+        }
+        RunOutcome {
+            exit_code: exit::OK,
+            summary: RunSummary {
+                vm_id: Some(self.vm_id.clone()),
+                result: RunResult::InProgress,
+                reason: None,
+                reported: false,
+                steps: vec![],
+            },
+            message: "dry run: nothing changed".into(),
+            plan: Some(v),
+        }
+    }
+
+    /// Run the plan's steps in order; the first failure stops the run.
+    fn execute(&mut self, p: &Plan, env: Option<&Environment>) -> Result<(), Failure> {
+        let mut user: Option<Passwd> = None;
+        let mut user_created = false;
+        for step in &p.steps {
+            let name = step.action.name();
+            let t = self.clock.now();
+            if let Some(why) = &step.skip {
+                self.record(name, StepOutcome::Skipped, t, why.clone());
+                if matches!(step.action, Action::User { .. }) {
+                    if let Action::User { name: u, .. } = &step.action {
+                        user = duties::user::lookup(self.sys, u);
+                    }
+                }
+                continue;
+            }
+            let outcome = match &step.action {
+                Action::Hostname { name } => {
+                    duties::hostname::apply(self.sys, name, self.cfg.duties.hostname.manage_etc_hosts)
+                }
+                Action::User { name, groups } => {
+                    let existed = duties::user::lookup(self.sys, name).is_some();
+                    let (pw, o) = duties::user::ensure(self.sys, name, groups);
+                    user_created = !existed && pw.is_some();
+                    user = pw;
+                    o
+                }
+                Action::Password { user: u, set } => {
+                    let secret = if *set { env.and_then(|e| e.password.as_ref()) } else { None };
+                    duties::password::apply(self.sys, u, secret, user_created)
+                }
+                Action::SshKeys { user: u, keys } => match &user {
+                    Some(pw) => duties::ssh_keys::install(self.sys, pw, keys),
+                    None => match duties::user::lookup(self.sys, u) {
+                        Some(pw) => duties::ssh_keys::install(self.sys, &pw, keys),
+                        None => Outcome::Failed(
+                            Failure::new("failure to write authorized_keys")
+                                .with("username", u)
+                                .with("detail", "user does not exist"),
+                        ),
+                    },
+                },
+                Action::Sshd { password_authentication } => {
+                    duties::sshd::configure(self.sys, &self.cfg.duties.sshd, *password_authentication)
+                }
+                Action::Sudo { user: u, password_set } => {
+                    duties::sudo::configure(self.sys, &self.cfg.duties.sudo, u, *password_set)
+                }
+            };
+            match outcome {
+                Outcome::Done(d) => {
+                    tracing::info!("{name}: {d}");
+                    self.record(name, StepOutcome::Done, t, d);
+                    self.progress.done.push(step.action.key());
+                }
+                Outcome::Skipped(why) => {
+                    tracing::info!("{name}: skipped: {why}");
+                    self.record(name, StepOutcome::Skipped, t, why);
+                    self.progress.done.push(step.action.key());
+                }
+                Outcome::Failed(f) => {
+                    tracing::error!("{name}: failed: {f}");
+                    self.record(name, StepOutcome::Failed, t, f.reason.clone());
+                    self.save_progress();
+                    return Err(f);
+                }
+            }
+        }
+        self.save_progress();
+        Ok(())
+    }
+
+    fn save_progress(&mut self) {
+        self.progress.vm_id = self.vm_id.clone();
+        if let Err(e) = self.state.save_progress(&self.progress) {
+            tracing::warn!("cannot save progress: {e}");
+        }
+    }
+
+    fn record(&mut self, name: &str, outcome: StepOutcome, since: Instant, detail: String) {
+        let duration_ms = self.clock.now().duration_since(since).as_millis() as u64;
+        let key = format!("azprov|{}|step|{name}|{}|{}", self.boot_epoch, self.vm_id, timeutil::uuid4());
+        let value = serde_json::json!({"outcome": outcome, "duration_ms": duration_ms, "detail": detail}).to_string();
+        self.kvp_events.extend(kvp::records(&key, &value));
+        self.steps.push(StepRecord { name: name.to_string(), outcome, duration_ms, detail });
+    }
+
+    fn network_phase(&mut self, env: Option<&Environment>, instance: &Instance) -> RunOutcome {
+        let t = self.clock.now();
+        if let Some(id) = &instance.vm_id {
+            if !identity::same_vm_id(id, &self.vm_id) {
+                self.warn(&format!("IMDS vmId {id} differs from the DMI VM id {}", self.vm_id));
+            }
+        }
+        if let Some(p) = &instance.pps_type {
+            if p != "None" {
+                self.pps_type = p.clone();
+            }
+        }
+        for w in &instance.warnings {
+            self.warn(&format!("IMDS: {w}"));
+        }
+        let api = format!("IMDS answered (api-version {})", instance.api_version);
+        self.record("imds", StepOutcome::Done, t, api);
+        if env.is_none() && instance.has_custom_data == Some(true) {
+            self.warn("IMDS says the VM has customData but no provisioning media was read: customData is lost");
+        }
+        if env.is_none() && !instance.has_os_profile {
+            // specialized disk: nothing to provision, only the report
+            let t = self.clock.now();
+            self.record(
+                "identity",
+                StepOutcome::Skipped,
+                t,
+                "specialized disk (no media, no osProfile): report only".into(),
+            );
+        } else {
+            let id = plan::identity(env, Some(instance));
+            let p = plan::plan(&self.vm_id, &id, self.cfg, &self.progress.done, Phase::Network);
+            let pending: Vec<_> = p.steps.iter().filter(|s| s.skip.is_none()).map(|s| s.action.name()).collect();
+            if !pending.is_empty() {
+                tracing::info!("applying IMDS values: {}", pending.join(", "));
+                if let Err(f) =
+                    self.execute(&Plan { steps: p.steps.into_iter().filter(|s| s.skip.is_none()).collect(), ..p }, env)
+                {
+                    return self.fail(f);
+                }
+            }
+        }
+        self.report_ready()
+    }
+
+    fn ctx(&self) -> ReportContext {
+        ReportContext { vm_id: self.vm_id.clone(), pps_type: self.pps_type.clone(), timestamp_us: timeutil::now_us() }
+    }
+
+    fn wire_config(&self) -> WireConfig {
+        WireConfig {
+            base_url: self.cfg.platform.wireserver_url.clone(),
+            protocol: self.cfg.platform.health_protocol,
+            deadline: self.started + Duration::from_secs(self.cfg.platform.wireserver_deadline_secs),
+            connect_timeout: Duration::from_secs(self.cfg.platform.connect_timeout_secs),
+            read_timeout: Duration::from_secs(self.cfg.platform.wireserver_read_timeout_secs),
+        }
+    }
+
+    fn write_kvp(&mut self, report_value: &str) {
+        if !self.cfg.kvp.enabled {
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.kvp_events);
+        buf.extend(kvp::record("PROVISIONING_REPORT", report_value));
+        if let Err(e) = self.sys.kvp_append(&self.cfg.kvp.pool_path, &buf) {
+            tracing::warn!("cannot write KVP {}: {e}", self.cfg.kvp.pool_path.display());
+        }
+    }
+
+    fn post(&mut self, health: &Health) -> Result<(), String> {
+        let client = HttpClient::new(
+            Duration::from_secs(self.cfg.platform.connect_timeout_secs),
+            Duration::from_secs(self.cfg.platform.wireserver_read_timeout_secs),
+        );
+        let t = self.clock.now();
+        let res = wireserver::report_health(&client, &self.wire_config(), self.clock, health);
+        let name = if matches!(health, Health::Ready) { "report_ready" } else { "report_failure" };
+        match res {
+            Ok(o) => {
+                self.record(name, StepOutcome::Done, t, format!("HTTP {} after {} attempt(s)", o.status, o.attempts));
+                Ok(())
+            }
+            Err(e) => {
+                self.record(name, StepOutcome::Failed, t, e.to_string());
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn report_ready(&mut self) -> RunOutcome {
+        let ctx = self.ctx();
+        self.write_kvp(&report::encode_success(&ctx));
+        if let Err(e) = self.post(&Health::Ready) {
+            let msg = format!("could not report Ready: {e}");
+            return self.finish(exit::UNREPORTED, RunResult::Error, Some(msg.clone()), false, msg);
+        }
+        // only now: the marker, then the DVD and the unredacted copy go away
+        let ts = timeutil::iso8601_utc(ctx.timestamp_us);
+        if let Err(e) = self.state.mark_provisioned(&self.vm_id, &ts) {
+            self.warn(&format!("Ready accepted but the provisioned marker could not be written: {e}"));
+        }
+        let _ = self.sys.remove_file(&self.cfg.state.run_dir.join(RUN_OVF));
+        if let (true, Some(dev)) = (self.cfg.media.eject, self.device.clone()) {
+            let t = self.clock.now();
+            match self.sys.eject(&dev) {
+                Ok(true) => self.record("eject", StepOutcome::Done, t, format!("ejected {}", dev.display())),
+                Ok(false) => {
+                    self.record("eject", StepOutcome::Skipped, t, format!("{} is an image file", dev.display()))
+                }
+                Err(e) => {
+                    self.warn(&format!("eject {} failed: {e}", dev.display()));
+                    self.record("eject", StepOutcome::Failed, t, e.to_string());
+                }
+            }
+        }
+        let ms = self.clock.now().duration_since(self.started).as_secs_f64() * 1000.0;
+        let msg = format!("provisioned VM {}: Ready accepted after {ms:.1} ms", self.vm_id);
+        self.finish(exit::OK, RunResult::Success, None, true, msg)
+    }
+
+    /// Report a failure: KVP first, then NotReady/ProvisioningFailed.
+    fn fail(&mut self, f: Failure) -> RunOutcome {
+        tracing::error!("provisioning failed: {f}");
+        let ctx = self.ctx();
+        self.write_kvp(&report::encode_failure_capped(&f, &ctx, kvp::MAX_VALUE));
+        let description = report::encode_failure(&f, &ctx);
+        let health = Health::NotReady { sub_status: "ProvisioningFailed".into(), description };
+        if !self.opts.phase.network() || self.opts.dry_run {
+            // the network phase (a later unit) reports it; the failed step is not marked done
+            let msg = format!("{}: {}", self.vm_id, f.reason);
+            return self.finish(exit::FAILED, RunResult::Error, Some(f.reason.clone()), false, msg);
+        }
+        match self.post(&health) {
+            Ok(()) => {
+                let msg = format!("provisioning failed and was reported: {f}");
+                self.finish(exit::FAILED, RunResult::Error, Some(f.reason.clone()), true, msg)
+            }
+            Err(e) => {
+                let msg = format!("provisioning failed ({f}) and the report could not be delivered: {e}");
+                self.finish(exit::UNREPORTED, RunResult::Error, Some(f.reason.clone()), false, msg)
+            }
+        }
+    }
+
+    fn finish(
+        &mut self,
+        code: i32,
+        result: RunResult,
+        reason: Option<String>,
+        reported: bool,
+        message: String,
+    ) -> RunOutcome {
+        let summary = RunSummary {
+            vm_id: Some(self.vm_id.clone()).filter(|v| !v.is_empty()),
+            result,
+            reason,
+            reported,
+            steps: std::mem::take(&mut self.steps),
+        };
+        if !self.opts.dry_run {
+            if let Err(e) = self.state.save_summary(&summary) {
+                tracing::warn!("cannot save the run summary: {e}");
+            }
+        }
+        RunOutcome { exit_code: code, summary, message, plan: None }
+    }
+}
+
+fn media_failure(e: MediaError) -> Failure {
+    match e {
+        MediaError::NoOvf => Failure::new("error parsing ovf-env.xml: no ovf-env.xml on the provisioning media"),
+        other => Failure::new(format!("error parsing ovf-env.xml: {other}")),
+    }
+}

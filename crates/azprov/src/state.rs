@@ -1,1 +1,179 @@
-//! state
+//! Persistent state (`/var/lib/azprov` by default): per-VM-id step results, the "provisioned" marker (written only
+//! after Ready was accepted), the redacted OVF copy and the last run's summary for `azprov status`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::system::{Lock, System};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepOutcome {
+    Done,
+    Skipped,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub name: String,
+    pub outcome: StepOutcome,
+    pub duration_ms: u64,
+    /// What was done, why it was skipped, or the failure reason (never secrets).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunResult {
+    Success,
+    Error,
+    InProgress,
+}
+
+/// The last run, as `azprov status --json` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub vm_id: Option<String>,
+    pub result: RunResult,
+    pub reason: Option<String>,
+    /// Whether the platform accepted the final report of this run.
+    pub reported: bool,
+    pub steps: Vec<StepRecord>,
+}
+
+/// Once-per-VM steps already done for one VM id (survives reboots until Ready is accepted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmProgress {
+    pub vm_id: String,
+    pub done: Vec<String>,
+}
+
+pub struct State<'a> {
+    sys: &'a dyn System,
+    dir: PathBuf,
+}
+
+impl<'a> State<'a> {
+    pub fn new(sys: &'a dyn System, dir: &Path) -> Self {
+        State { sys, dir: dir.to_path_buf() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Create the directory (0700) and take the process lock; `WouldBlock` if another azprov holds it.
+    pub fn lock(&self) -> io::Result<Box<dyn Lock>> {
+        self.sys.create_dir_all(&self.dir, 0o700, None)?;
+        self.sys.lock_exclusive(&self.dir.join("lock"))
+    }
+
+    fn marker(&self, vm_id: &str) -> PathBuf {
+        self.dir.join("provisioned").join(vm_id.to_ascii_lowercase())
+    }
+
+    /// Provisioned marker for this VM id (also accepts a marker saved under the byte-swapped form).
+    pub fn is_provisioned(&self, vm_id: &str) -> bool {
+        if self.sys.exists(&self.marker(vm_id)) {
+            return true;
+        }
+        self.sys
+            .read_dir(&self.dir.join("provisioned"))
+            .map(|names| names.iter().any(|n| crate::platform::identity::same_vm_id(n, vm_id)))
+            .unwrap_or(false)
+    }
+
+    /// Written only after the platform accepted Ready.
+    pub fn mark_provisioned(&self, vm_id: &str, report_timestamp: &str) -> io::Result<()> {
+        self.sys.create_dir_all(&self.dir.join("provisioned"), 0o700, None)?;
+        self.sys.write_file(&self.marker(vm_id), format!("{report_timestamp}\n").as_bytes(), 0o600, None)
+    }
+
+    fn progress_path(&self) -> PathBuf {
+        self.dir.join("progress.json")
+    }
+
+    /// Steps done for `vm_id`; progress saved for another VM id is ignored.
+    pub fn progress(&self, vm_id: &str) -> VmProgress {
+        let saved: Option<VmProgress> =
+            self.sys.read(&self.progress_path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        match saved {
+            Some(p) if crate::platform::identity::same_vm_id(&p.vm_id, vm_id) => p,
+            _ => VmProgress { vm_id: vm_id.to_string(), done: Vec::new() },
+        }
+    }
+
+    pub fn save_progress(&self, p: &VmProgress) -> io::Result<()> {
+        let json = serde_json::to_vec_pretty(p).map_err(io::Error::other)?;
+        self.sys.write_file(&self.progress_path(), &json, 0o600, None)
+    }
+
+    pub fn save_summary(&self, s: &RunSummary) -> io::Result<()> {
+        let json = serde_json::to_vec_pretty(s).map_err(io::Error::other)?;
+        self.sys.write_file(&self.dir.join("last-run.json"), &json, 0o600, None)
+    }
+
+    pub fn summary(&self) -> io::Result<RunSummary> {
+        let b = self.sys.read(&self.dir.join("last-run.json"))?;
+        serde_json::from_slice(&b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// The root-only copy of the OVF with the password redacted.
+    pub fn save_redacted_ovf(&self, redacted: &[u8]) -> io::Result<()> {
+        self.sys.write_file(&self.dir.join("ovf-env.xml"), redacted, 0o600, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::system::RealSystem;
+
+    #[test]
+    fn marker_progress_and_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = RealSystem::new(dir.path());
+        let st = State::new(&sys, Path::new("/var/lib/azprov"));
+        let _lock = st.lock().unwrap();
+        let id = "91267c52-9f02-4cfe-b1f4-a4da7ebac2cf";
+        assert!(!st.is_provisioned(id));
+        st.mark_provisioned(id, "t").unwrap();
+        assert!(st.is_provisioned(id));
+        assert!(st.is_provisioned("527c2691-029f-fe4c-b1f4-a4da7ebac2cf"), "swapped form accepted");
+        assert!(!st.is_provisioned("00000000-9f02-4cfe-b1f4-a4da7ebac2cf"));
+        assert_eq!(sys.stat(Path::new("/var/lib/azprov")).unwrap().mode, 0o700);
+        assert_eq!(sys.stat(&st.marker(id)).unwrap().mode, 0o600);
+
+        let mut p = st.progress(id);
+        p.done.push("user".into());
+        st.save_progress(&p).unwrap();
+        assert_eq!(st.progress(id).done, vec!["user"]);
+        assert!(st.progress("11111111-2222-3333-4444-555555555555").done.is_empty());
+
+        let s = RunSummary {
+            vm_id: Some(id.into()),
+            result: RunResult::InProgress,
+            reason: None,
+            reported: false,
+            steps: vec![],
+        };
+        st.save_summary(&s).unwrap();
+        assert_eq!(st.summary().unwrap(), s);
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains("\"in-progress\""));
+    }
+
+    #[test]
+    fn second_lock_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = RealSystem::new(dir.path());
+        let st = State::new(&sys, Path::new("/state"));
+        let _a = st.lock().unwrap();
+        let b = st.lock();
+        assert!(b.is_err());
+    }
+}

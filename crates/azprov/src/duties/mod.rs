@@ -1,2 +1,74 @@
 //! One module per duty. Each takes its inputs and `&dyn System` and returns an `Outcome`; duties never talk to
 //! the platform (the report does).
+
+pub mod hostname;
+pub mod password;
+pub mod ssh_keys;
+pub mod sshd;
+pub mod sudo;
+pub mod user;
+
+use crate::report::Failure;
+
+/// What a duty did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done, with a short description of what changed (never secrets).
+    Done(String),
+    /// Not applicable or not possible here, with the reason.
+    Skipped(String),
+    /// Failed with a public reason.
+    Failed(Failure),
+}
+
+/// A user account as the passwd database has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passwd {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+    pub shell: String,
+}
+
+/// Parse `/etc/passwd` text and find `name`.
+pub fn find_passwd(text: &str, name: &str) -> Option<Passwd> {
+    text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() < 7 || f[0] != name {
+            return None;
+        }
+        Some(Passwd {
+            name: f[0].to_string(),
+            uid: f[2].parse().ok()?,
+            gid: f[3].parse().ok()?,
+            home: f[5].to_string(),
+            shell: f[6].to_string(),
+        })
+    })
+}
+
+/// Whether `/etc/group` text has a group called `name`.
+pub fn group_exists(text: &str, name: &str) -> bool {
+    text.lines().any(|l| l.split(':').next() == Some(name))
+}
+
+/// `(stdout/stderr excerpt)` for failure reports: one line, bounded.
+pub(crate) fn excerpt(bytes: &[u8]) -> String {
+    let s: String = String::from_utf8_lossy(bytes).split_whitespace().collect::<Vec<_>>().join(" ");
+    s.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn passwd_lookup() {
+        let t = "root:x:0:0:root:/root:/bin/bash\nazureuser:x:1000:1000::/srv/azureuser:/bin/sh\nbad:line\n";
+        let p = find_passwd(t, "azureuser").unwrap();
+        assert_eq!((p.uid, p.gid, p.home.as_str()), (1000, 1000, "/srv/azureuser"));
+        assert!(find_passwd(t, "azure").is_none());
+        assert!(group_exists("video:x:44:\n", "video"));
+        assert!(!group_exists("video:x:44:\n", "vide"));
+    }
+}

@@ -2,6 +2,7 @@
 //! the Hyper-V KVP record format. Parsers here are pure (bytes in, types out); network clients take their endpoint
 //! and retry policy from the caller.
 
+pub mod cdrom;
 pub mod http;
 pub mod identity;
 pub mod imds;

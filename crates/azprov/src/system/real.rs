@@ -350,8 +350,14 @@ impl System for RealSystem {
 
     fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn Lock>> {
         let host = self.host_path(path);
-        let file =
-            OpenOptions::new().read(true).write(true).create(true).mode(0o600).custom_flags(0o400_000).open(host)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(0o400_000)
+            .open(host)?;
         rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
         Ok(Box::new(FileLock { _file: file }))
     }

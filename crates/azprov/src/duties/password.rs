@@ -1,0 +1,120 @@
+//! The admin password: SHA-512 crypt computed in-process with a random salt and handed to `chpasswd -e` on stdin
+//! (never argv, logs or KVP). No password → the account stays/gets locked.
+
+use std::time::Duration;
+
+use super::{excerpt, Outcome};
+use crate::report::Failure;
+use crate::secret::Secret;
+use crate::system::{Command, System};
+
+const SALT_CHARS: &[u8] = b"./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// 16 random characters of `[./0-9A-Za-z]` (glibc's maximum salt length).
+pub fn random_salt() -> Result<String, String> {
+    let mut b = [0u8; 16];
+    getrandom::getrandom(&mut b).map_err(|e| e.to_string())?;
+    Ok(b.iter().map(|x| SALT_CHARS[(*x as usize) % SALT_CHARS.len()] as char).collect())
+}
+
+/// `$6$[rounds=N$]salt$hash` (rounds 5000 is the default and is not written).
+pub fn sha512_crypt(password: &[u8], salt: &str, rounds: usize) -> Result<Secret, String> {
+    let params = sha_crypt::Sha512Params::new(rounds).map_err(|e| format!("{e:?}"))?;
+    let hash = sha_crypt::sha512_crypt_b64(password, salt.as_bytes(), &params).map_err(|e| format!("{e:?}"))?;
+    let prefix = if rounds == 5000 { String::new() } else { format!("rounds={rounds}$") };
+    Ok(Secret::new(format!("$6${prefix}{salt}${hash}").into_bytes()))
+}
+
+fn root_args(sys: &dyn System) -> Vec<String> {
+    if sys.is_live() {
+        Vec::new()
+    } else {
+        vec!["--root".into(), sys.root().display().to_string()]
+    }
+}
+
+fn run(sys: &dyn System, cmd: Command, what: &str) -> Result<(), Failure> {
+    let reason = || Failure::new("failure to set password").with("command", what);
+    match sys.run(&cmd) {
+        Ok(o) if o.success() => Ok(()),
+        Ok(o) => Err(reason()
+            .with("exit_status", o.status.map(|s| s.to_string()).unwrap_or_else(|| "signal".into()))
+            .with("stderr", excerpt(&o.stderr))),
+        Err(e) => Err(reason().with("exception", e)),
+    }
+}
+
+/// Set (or lock) the password of `user`. `newly_created`: useradd already left the account locked.
+pub fn apply(sys: &dyn System, user: &str, password: Option<&Secret>, newly_created: bool) -> Outcome {
+    let Some(pw) = password else {
+        if newly_created {
+            return Outcome::Done(format!("no password provided: {user} stays locked (useradd default)"));
+        }
+        let mut args = root_args(sys);
+        args.extend(["-L".to_string(), user.to_string()]);
+        let cmd = Command { program: "usermod".into(), args, stdin: None, timeout: Duration::from_secs(30) };
+        return match run(sys, cmd, "usermod -L") {
+            Ok(()) => Outcome::Done(format!("no password provided: {user} locked")),
+            Err(f) => Outcome::Failed(f),
+        };
+    };
+    let hashed = match random_salt().and_then(|salt| sha512_crypt(pw.expose(), &salt, 5000)) {
+        Ok(h) => h,
+        Err(e) => return Outcome::Failed(Failure::new("failure to set password").with("exception", e)),
+    };
+    let mut line = Vec::with_capacity(user.len() + hashed.len() + 2);
+    line.extend_from_slice(user.as_bytes());
+    line.push(b':');
+    line.extend_from_slice(hashed.expose());
+    line.push(b'\n');
+    let mut args = root_args(sys);
+    args.push("-e".into());
+    let cmd =
+        Command { program: "chpasswd".into(), args, stdin: Some(Secret::new(line)), timeout: Duration::from_secs(30) };
+    match run(sys, cmd, "chpasswd -e") {
+        Ok(()) => Outcome::Done(format!("password set for {user} (sha512-crypt)")),
+        Err(f) => Outcome::Failed(f),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_answer() {
+        let h = sha512_crypt(b"Hello world!", "saltstringsaltst", 10000).unwrap();
+        assert_eq!(
+            std::str::from_utf8(h.expose()).unwrap(),
+            "$6$rounds=10000$saltstringsaltst$OW1/O6BYHV6BcXZu8QVeXbDWra3Oeqh0sbHbbMCVNSnCM/UrjmM0Dp8vOuZeHBy/YTBmSK6H9qs/y3RnOaw5v."
+        );
+    }
+
+    #[test]
+    fn salts_are_random_and_valid() {
+        let a = random_salt().unwrap();
+        let b = random_salt().unwrap();
+        assert_eq!(a.len(), 16);
+        assert_ne!(a, b);
+        assert!(a.bytes().all(|c| SALT_CHARS.contains(&c)));
+        let h = sha512_crypt("£ café 김치".as_bytes(), &a, 5000).unwrap();
+        assert!(std::str::from_utf8(h.expose()).unwrap().starts_with(&format!("$6${a}$")));
+    }
+
+    #[test]
+    fn password_goes_to_stdin_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = crate::system::record::RecordingSystem::new(dir.path());
+        sys.script("chpasswd", crate::system::CommandOutput { status: Some(0), ..Default::default() });
+        let pw = Secret::new(b"Sup3r-Secret!".to_vec());
+        let out = apply(&sys, "azureuser", Some(&pw), true);
+        assert!(matches!(out, Outcome::Done(_)), "{out:?}");
+        let cmds = sys.commands();
+        assert_eq!(cmds.len(), 1);
+        assert!(!cmds[0].display().contains("Sup3r"));
+        assert!(!cmds[0].display().contains("$6$"));
+        let stdin = String::from_utf8(cmds[0].stdin.as_ref().unwrap().expose().to_vec()).unwrap();
+        assert!(stdin.starts_with("azureuser:$6$") && stdin.ends_with('\n'));
+        assert!(!stdin.contains("Sup3r"));
+    }
+}
