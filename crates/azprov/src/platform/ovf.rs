@@ -505,7 +505,7 @@ fn redact_fallback(bytes: &[u8]) -> Vec<u8> {
         search = hit + NAME.len();
         let Some(lt) = bytes[..hit].iter().rposition(|&b| b == b'<') else { continue };
         let tag_head = &bytes[lt + 1..hit];
-        if lt < copied || tag_head.first() == Some(&b'/') || tag_head.iter().any(|&b| b == b'>') {
+        if lt < copied || tag_head.first() == Some(&b'/') || tag_head.contains(&b'>') {
             continue; // an end tag, text, or a tag already handled
         }
         let Some(gt) = find(bytes, b">", search) else {
@@ -546,15 +546,21 @@ pub fn redact(bytes: &[u8]) -> Vec<u8> {
     let offset = if bytes.starts_with(UTF8_BOM) { UTF8_BOM.len() } else { 0 };
     let ranges = std::str::from_utf8(&bytes[offset..]).ok().and_then(password_ranges);
     let Some(ranges) = ranges else { return redact_fallback(bytes) };
+    splice(bytes, offset, &ranges).unwrap_or_else(|| redact_fallback(bytes))
+}
+
+/// `bytes` with every range (relative to `offset`, ascending, non-overlapping) replaced by `REDACTED`; `None` if a
+/// range does not fit.
+fn splice(bytes: &[u8], offset: usize, ranges: &[std::ops::Range<usize>]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut copied = 0;
     for r in ranges {
-        out.extend_from_slice(&bytes[copied..offset + r.start]);
+        out.extend_from_slice(bytes.get(copied..offset.checked_add(r.start)?)?);
         out.extend_from_slice(REDACTED.as_bytes());
-        copied = offset + r.end;
+        copied = offset.checked_add(r.end)?;
     }
-    out.extend_from_slice(&bytes[copied..]);
-    out
+    out.extend_from_slice(bytes.get(copied..)?);
+    Some(out)
 }
 
 impl Environment {
@@ -571,5 +577,705 @@ impl Environment {
             "preprovisioned_vm": self.preprovisioned_vm,
             "preprovisioned_vm_type": self.preprovisioned_vm_type,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// platform.md §3.5, verbatim.
+    const EXAMPLE: &str = r#"<?xml version="1.0" encoding="utf-8"?>
+<ns0:Environment xmlns:ns0="http://schemas.dmtf.org/ovf/environment/1"
+                 xmlns:ns1="http://schemas.microsoft.com/windowsazure"
+                 xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <ns1:ProvisioningSection><ns1:Version>1.0</ns1:Version>
+    <LinuxProvisioningConfigurationSet xmlns="http://schemas.microsoft.com/windowsazure"
+                                       xmlns:i="http://www.w3.org/2001/XMLSchema-instance">
+      <ConfigurationSetType>LinuxProvisioningConfiguration</ConfigurationSetType>
+      <HostName>web-01</HostName>
+      <UserName>azureuser</UserName>
+      <UserPassword>Exampl3-Only!</UserPassword>
+      <DisableSshPasswordAuthentication>false</DisableSshPasswordAuthentication>
+      <SSH>
+        <PublicKeys>
+          <PublicKey>
+            <Fingerprint>5C2E7A1D90B34F6E8A1C2D3E4F5061728394A5B6</Fingerprint>
+            <Path>/home/azureuser/.ssh/authorized_keys</Path>
+            <Value>ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleExampleExampleExampleExample0000 dev@laptop</Value>
+          </PublicKey>
+          <PublicKey>
+            <Fingerprint>0F1E2D3C4B5A69788796A5B4C3D2E1F00112233E</Fingerprint>
+            <Path>/home/azureuser/.ssh/authorized_keys</Path>
+            <Value></Value>
+          </PublicKey>
+        </PublicKeys>
+        <KeyPairs>
+          <KeyPair>
+            <Fingerprint>A1B2C3D4E5F60718293A4B5C6D7E8F9012345678</Fingerprint>
+            <Path>$HOME/azureuser/.ssh/id_rsa</Path>
+          </KeyPair>
+        </KeyPairs>
+      </SSH>
+      <CustomData>IyEvYmluL3NoCmVjaG8gaGVsbG8gZnJvbSBjdXN0b21EYXRhCg==</CustomData>
+    </LinuxProvisioningConfigurationSet>
+  </ns1:ProvisioningSection>
+  <ns1:PlatformSettingsSection><ns1:Version>1.0</ns1:Version>
+    <ns1:PlatformSettings>
+      <ns1:KmsServerHostname>kms.core.windows.net</ns1:KmsServerHostname>
+      <ns1:ProvisionGuestAgent>true</ns1:ProvisionGuestAgent>
+      <ns1:GuestAgentPackageName xsi:nil="true"/>
+      <ns1:RetainWindowsPEPassInUnattend>true</ns1:RetainWindowsPEPassInUnattend>
+      <ns1:RetainOfflineServicingPassInUnattend>true</ns1:RetainOfflineServicingPassInUnattend>
+      <ns1:PreprovisionedVm>false</ns1:PreprovisionedVm>
+      <ns1:PreprovisionedVMType xsi:nil="true"/>
+      <ns1:ProvisionGuestProxyAgent>false</ns1:ProvisionGuestProxyAgent>
+    </ns1:PlatformSettings>
+  </ns1:PlatformSettingsSection>
+</ns0:Environment>
+"#;
+
+    const OVF_NS: &str = "http://schemas.dmtf.org/ovf/environment/1";
+    const WA_NS: &str = "http://schemas.microsoft.com/windowsazure";
+
+    /// A minimal document in the WALinuxAgent shape (`oe`/default + `wa:`), with the given
+    /// LinuxProvisioningConfigurationSet and PlatformSettings contents.
+    fn doc(linux: &str, settings: &str) -> String {
+        format!(
+            r#"<?xml version="1.0" encoding="utf-8"?>
+<Environment xmlns="{OVF_NS}" xmlns:oe="{OVF_NS}" xmlns:wa="{WA_NS}" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <wa:ProvisioningSection><wa:Version>1.0</wa:Version>
+    <LinuxProvisioningConfigurationSet xmlns="{WA_NS}" xmlns:i="http://www.w3.org/2001/XMLSchema-instance">
+      {linux}
+    </LinuxProvisioningConfigurationSet>
+  </wa:ProvisioningSection>
+  <wa:PlatformSettingsSection><wa:Version>1.0</wa:Version>
+    <wa:PlatformSettings>{settings}</wa:PlatformSettings>
+  </wa:PlatformSettingsSection>
+</Environment>"#
+        )
+    }
+
+    fn linux(linux: &str) -> String {
+        doc(linux, "<wa:ProvisionGuestAgent>true</wa:ProvisionGuestAgent>")
+    }
+
+    fn settings(settings: &str) -> String {
+        doc("<HostName>h</HostName>", settings)
+    }
+
+    fn ok(text: &str) -> Environment {
+        parse(text.as_bytes()).unwrap_or_else(|e| panic!("parse failed: {e}"))
+    }
+
+    fn err(text: &str) -> String {
+        match parse(text.as_bytes()) {
+            Ok(_) => panic!("parse unexpectedly succeeded"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn password(env: &Environment) -> Option<String> {
+        env.password.as_ref().map(|p| String::from_utf8(p.expose().to_vec()).unwrap())
+    }
+
+    fn assert_example(env: &Environment) {
+        assert_eq!(env.hostname, "web-01");
+        assert_eq!(env.username.as_deref(), Some("azureuser"));
+        assert_eq!(password(env).as_deref(), Some("Exampl3-Only!"));
+        assert_eq!(env.disable_ssh_password_authentication, Some(false));
+        assert_eq!(
+            env.public_keys,
+            vec![
+                PublicKey {
+                    fingerprint: Some("5C2E7A1D90B34F6E8A1C2D3E4F5061728394A5B6".into()),
+                    path: Some("/home/azureuser/.ssh/authorized_keys".into()),
+                    value: Some(
+                        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleExampleExampleExampleExample0000 dev@laptop"
+                            .into()
+                    ),
+                },
+                PublicKey {
+                    fingerprint: Some("0F1E2D3C4B5A69788796A5B4C3D2E1F00112233E".into()),
+                    path: Some("/home/azureuser/.ssh/authorized_keys".into()),
+                    value: None,
+                },
+            ]
+        );
+        assert_eq!(
+            env.key_pairs,
+            vec![KeyPair {
+                fingerprint: "A1B2C3D4E5F60718293A4B5C6D7E8F9012345678".into(),
+                path: Some("$HOME/azureuser/.ssh/id_rsa".into()),
+            }]
+        );
+        assert_eq!(
+            env.custom_data,
+            Some(CustomData::Decoded(Secret::new(b"#!/bin/sh\necho hello from customData\n".to_vec())))
+        );
+        assert!(env.provision_guest_agent);
+        assert!(!env.preprovisioned_vm);
+        assert_eq!(env.preprovisioned_vm_type, None);
+        assert!(!env.provision_guest_proxy_agent);
+        assert!(env.warnings.is_empty(), "{:?}", env.warnings);
+    }
+
+    #[test]
+    fn complete_example() {
+        assert_example(&ok(EXAMPLE));
+    }
+
+    #[test]
+    fn example_with_crlf_and_bom() {
+        let crlf = EXAMPLE.replace('\n', "\r\n");
+        assert_example(&ok(&crlf));
+        let mut bom = b"\xEF\xBB\xBF".to_vec();
+        bom.extend_from_slice(EXAMPLE.as_bytes());
+        assert_example(&parse(&bom).unwrap());
+        let mut both = b"\xEF\xBB\xBF".to_vec();
+        both.extend_from_slice(crlf.as_bytes());
+        assert_example(&parse(&both).unwrap());
+    }
+
+    #[test]
+    fn inspect_json_of_example() {
+        let json = ok(EXAMPLE).inspect_json();
+        assert_eq!(json["hostname"], "web-01");
+        assert_eq!(json["username"], "azureuser");
+        assert_eq!(json["password_provided"], true);
+        assert_eq!(json["disable_ssh_password_authentication"], false);
+        assert_eq!(json["public_keys"][0]["fingerprint"], "5C2E7A1D90B34F6E8A1C2D3E4F5061728394A5B6");
+        assert_eq!(json["public_keys"][1]["value"], serde_json::Value::Null);
+        assert_eq!(json["custom_data_len"], 37);
+        assert_eq!(json["provision_guest_agent"], true);
+        assert_eq!(json["preprovisioned_vm"], false);
+        assert_eq!(json["preprovisioned_vm_type"], serde_json::Value::Null);
+        assert!(!json.to_string().contains("Exampl3-Only!"));
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let dbg = format!("{:?}", ok(EXAMPLE));
+        assert!(!dbg.contains("Exampl3-Only!"));
+        assert!(!dbg.contains("hello from customData"));
+    }
+
+    #[test]
+    fn prefix_variants() {
+        // every element prefixed, wa: inside the Linux set as well
+        let prefixed = format!(
+            r#"<oe:Environment xmlns:oe="{OVF_NS}" xmlns:wa="{WA_NS}">
+  <wa:ProvisioningSection><wa:Version>1.0</wa:Version>
+    <wa:LinuxProvisioningConfigurationSet>
+      <wa:HostName>p1</wa:HostName><wa:UserName>u</wa:UserName>
+      <wa:SSH><wa:PublicKeys><wa:PublicKey><wa:Fingerprint>ab</wa:Fingerprint></wa:PublicKey></wa:PublicKeys></wa:SSH>
+    </wa:LinuxProvisioningConfigurationSet>
+  </wa:ProvisioningSection>
+  <wa:PlatformSettingsSection><wa:PlatformSettings><wa:ProvisionGuestAgent>false</wa:ProvisionGuestAgent>
+  </wa:PlatformSettings></wa:PlatformSettingsSection>
+</oe:Environment>"#
+        );
+        let env = ok(&prefixed);
+        assert_eq!(env.hostname, "p1");
+        assert_eq!(env.username.as_deref(), Some("u"));
+        assert_eq!(env.public_keys[0].fingerprint.as_deref(), Some("AB"));
+        assert!(!env.provision_guest_agent);
+
+        // ns0:/ns1: with the default namespace re-declared (the §3.5 shape) is the example itself
+        assert_example(&ok(EXAMPLE));
+
+        // default namespaces only, no prefixes at all
+        let defaults = format!(
+            r#"<Environment xmlns="{OVF_NS}">
+  <ProvisioningSection xmlns="{WA_NS}"><Version>1.0</Version>
+    <LinuxProvisioningConfigurationSet xmlns="{WA_NS}"><HostName>p2</HostName></LinuxProvisioningConfigurationSet>
+  </ProvisioningSection>
+  <PlatformSettingsSection xmlns="{WA_NS}"><PlatformSettings><PreprovisionedVm>true</PreprovisionedVm>
+  </PlatformSettings></PlatformSettingsSection>
+</Environment>"#
+        );
+        let env = ok(&defaults);
+        assert_eq!(env.hostname, "p2");
+        assert_eq!(env.username, None);
+        assert!(env.provision_guest_agent);
+        assert!(env.preprovisioned_vm);
+        assert!(env.warnings.is_empty(), "{:?}", env.warnings);
+
+        // an arbitrary prefix bound to an arbitrary namespace still matches by local name
+        let odd = doc("<x:HostName xmlns:x=\"urn:other\">p3</x:HostName>", "");
+        assert_eq!(ok(&odd).hostname, "p3");
+    }
+
+    #[test]
+    fn xsi_nil_with_any_bound_prefix() {
+        let env = ok(&doc(
+            r#"<HostName>h</HostName><UserName i:nil="true"/><UserPassword i:nil="true">secret</UserPassword>
+               <CustomData xsi:nil="true"></CustomData>"#,
+            r#"<wa:PreprovisionedVMType i:nil="true" xmlns:i="http://www.w3.org/2001/XMLSchema-instance">Running</wa:PreprovisionedVMType>
+               <wa:ProvisionGuestAgent q:nil=" true " xmlns:q="http://www.w3.org/2001/XMLSchema-instance">false</wa:ProvisionGuestAgent>"#,
+        ));
+        assert_eq!(env.username, None);
+        assert_eq!(env.password, None);
+        assert_eq!(env.custom_data, None);
+        assert_eq!(env.preprovisioned_vm_type, None);
+        assert!(env.provision_guest_agent);
+
+        // `nil` without the XMLSchema-instance namespace, or nil="false", is not nil
+        let env = ok(&doc(
+            r#"<HostName>h</HostName><UserName nil="true">a</UserName>
+               <UserPassword x:nil="true" xmlns:x="urn:not-xsi">pw</UserPassword>"#,
+            r#"<wa:PreprovisionedVMType xsi:nil="false">Savable</wa:PreprovisionedVMType>"#,
+        ));
+        assert_eq!(env.username.as_deref(), Some("a"));
+        assert_eq!(password(&env).as_deref(), Some("pw"));
+        assert_eq!(env.preprovisioned_vm_type.as_deref(), Some("Savable"));
+    }
+
+    #[test]
+    fn values_are_trimmed_and_decoded() {
+        let env = ok(&linux(
+            "<HostName>\n  web&amp;01&#x41;&#66;\t</HostName><UserName> <![CDATA[adm<in>]]> </UserName>
+             <SSH><PublicKeys><PublicKey><Fingerprint> ab12cd </Fingerprint><Path>  /p  </Path></PublicKey>
+             </PublicKeys></SSH>",
+        ));
+        assert_eq!(env.hostname, "web&01AB");
+        assert_eq!(env.username.as_deref(), Some("adm<in>"));
+        assert_eq!(env.public_keys[0].fingerprint.as_deref(), Some("AB12CD"));
+        assert_eq!(env.public_keys[0].path.as_deref(), Some("/p"));
+    }
+
+    #[test]
+    fn empty_elements_are_absent() {
+        let env = ok(&linux(
+            "<HostName>h</HostName><UserName></UserName><UserPassword/><DisableSshPasswordAuthentication>
+             </DisableSshPasswordAuthentication><CustomData> \n </CustomData>",
+        ));
+        assert_eq!(env.username, None);
+        assert_eq!(env.password, None);
+        assert_eq!(env.disable_ssh_password_authentication, None);
+        assert_eq!(env.custom_data, None);
+        assert!(env.warnings.is_empty(), "{:?}", env.warnings);
+    }
+
+    #[test]
+    fn password_is_never_trimmed() {
+        let env = ok(&linux("<HostName>h</HostName><UserPassword>  pa&lt;ss word\t </UserPassword>"));
+        assert_eq!(password(&env).as_deref(), Some("  pa<ss word\t "));
+        let env = ok(&linux("<HostName>h</HostName><UserPassword><![CDATA[ a&b ]]></UserPassword>"));
+        assert_eq!(password(&env).as_deref(), Some(" a&b "));
+    }
+
+    #[test]
+    fn redacted_or_empty_password_is_absent() {
+        for p in ["<UserPassword>REDACTED</UserPassword>", "<UserPassword></UserPassword>", "<UserPassword/>", ""] {
+            let env = ok(&linux(&format!("<HostName>h</HostName>{p}")));
+            assert_eq!(env.password, None, "{p}");
+            assert!(!env.inspect_json()["password_provided"].as_bool().unwrap());
+        }
+    }
+
+    #[test]
+    fn password_length_counts_characters() {
+        let p72 = "£".repeat(72);
+        let env = ok(&linux(&format!("<HostName>h</HostName><UserPassword>{p72}</UserPassword>")));
+        assert_eq!(password(&env).unwrap().chars().count(), 72);
+        let p73 = "£".repeat(73);
+        let e = parse(linux(&format!("<HostName>h</HostName><UserPassword>{p73}</UserPassword>")).as_bytes());
+        assert_eq!(e.unwrap_err(), OvfError::PasswordLength(73));
+        assert_eq!(
+            err(&linux(&format!("<HostName>h</HostName><UserPassword>{}</UserPassword>", "x".repeat(73)))),
+            "unsupported password length=73 max=72"
+        );
+    }
+
+    #[test]
+    fn custom_data_whitespace_and_invalid_base64() {
+        let env = ok(&linux("<HostName>h</HostName><CustomData>\r\n  IyEvYmlu\r\n  L3NoCg==\r\n</CustomData>"));
+        assert_eq!(env.custom_data, Some(CustomData::Decoded(Secret::new(b"#!/bin/sh\n".to_vec()))));
+
+        let raw = " not*base64 SECRETSAUCE ";
+        let env = ok(&linux(&format!("<HostName>h</HostName><CustomData>{raw}</CustomData>")));
+        assert_eq!(env.custom_data, Some(CustomData::Raw(Secret::new(raw.as_bytes().to_vec()))));
+        assert_eq!(env.warnings.len(), 1);
+        assert!(env.warnings[0].contains("base64"));
+        assert!(!env.warnings.iter().any(|w| w.contains("SECRETSAUCE")));
+
+        // unpadded base64 is not standard padded base64
+        let env = ok(&linux("<HostName>h</HostName><CustomData>IyEvYmluL3NoCg</CustomData>"));
+        assert!(matches!(env.custom_data, Some(CustomData::Raw(_))));
+    }
+
+    #[test]
+    fn booleans() {
+        let cases = [
+            ("true", true, false),
+            ("TRUE", true, false),
+            (" False ", false, false),
+            ("1", true, false),
+            ("0", false, false),
+            ("bad data", true, true),
+            ("yes", true, true),
+        ];
+        for (value, expected, warns) in cases {
+            let env = ok(&settings(&format!("<wa:ProvisionGuestAgent>{value}</wa:ProvisionGuestAgent>")));
+            assert_eq!(env.provision_guest_agent, expected, "{value}");
+            assert_eq!(env.warnings.len(), usize::from(warns), "{value}: {:?}", env.warnings);
+        }
+        let env = ok(&settings(
+            "<wa:PreprovisionedVm>maybe</wa:PreprovisionedVm><wa:ProvisionGuestProxyAgent>TRUE</wa:ProvisionGuestProxyAgent>",
+        ));
+        assert!(!env.preprovisioned_vm);
+        assert!(env.provision_guest_proxy_agent);
+        assert_eq!(env.warnings.len(), 1);
+        assert!(env.warnings[0].starts_with("PreprovisionedVm:"));
+
+        let env = ok(&linux(
+            "<HostName>h</HostName><DisableSshPasswordAuthentication>nope</DisableSshPasswordAuthentication>",
+        ));
+        assert_eq!(env.disable_ssh_password_authentication, None);
+        assert_eq!(env.warnings.len(), 1);
+        let env = ok(&linux(
+            "<HostName>h</HostName><DisableSshPasswordAuthentication>True</DisableSshPasswordAuthentication>",
+        ));
+        assert_eq!(env.disable_ssh_password_authentication, Some(true));
+    }
+
+    #[test]
+    fn platform_settings_defaults() {
+        let env = ok(&settings(""));
+        assert!(env.provision_guest_agent);
+        assert!(!env.preprovisioned_vm);
+        assert_eq!(env.preprovisioned_vm_type, None);
+        assert!(!env.provision_guest_proxy_agent);
+    }
+
+    #[test]
+    fn preprovisioned_vm_type_name_is_case_insensitive() {
+        for name in ["PreprovisionedVMType", "PreprovisionedVmType", "preprovisionedvmtype", "PREPROVISIONEDVMTYPE"] {
+            let env = ok(&settings(&format!(
+                "<wa:PreprovisionedVm>true</wa:PreprovisionedVm><wa:{name}> Savable </wa:{name}>"
+            )));
+            assert!(env.preprovisioned_vm);
+            assert_eq!(env.preprovisioned_vm_type.as_deref(), Some("Savable"), "{name}");
+            assert!(env.warnings.is_empty());
+        }
+        let env = ok(&settings("<PreprovisionedVMType>Running</PreprovisionedVMType>"));
+        assert_eq!(env.preprovisioned_vm_type.as_deref(), Some("Running"));
+        let env = ok(&settings("<PreprovisionedVMType>Hibernating</PreprovisionedVMType>"));
+        assert_eq!(env.preprovisioned_vm_type.as_deref(), Some("Hibernating"));
+        assert_eq!(env.warnings.len(), 1);
+        assert_eq!(
+            err(&settings("<PreprovisionedVMType>Running</PreprovisionedVMType><PreprovisionedVmType/>")),
+            "unexpected metadata parsing ovf-env.xml: multiple configuration matches for 'PreprovisionedVMType' (2)"
+        );
+    }
+
+    #[test]
+    fn key_pairs_and_public_keys() {
+        let env = ok(&linux(
+            "<HostName>h</HostName><SSH>
+              <PublicKeys>
+                <PublicKey><Value> ssh-ed25519 AAAA x </Value></PublicKey>
+                <PublicKey><Path>/only/a/path</Path></PublicKey>
+                <PublicKey><Fingerprint>ee</Fingerprint><Value/></PublicKey>
+              </PublicKeys>
+              <KeyPairs>
+                <KeyPair><Path>/no/fingerprint</Path></KeyPair>
+                <KeyPair><Fingerprint>a1b2</Fingerprint></KeyPair>
+              </KeyPairs></SSH>",
+        ));
+        assert_eq!(
+            env.public_keys,
+            vec![
+                PublicKey { fingerprint: None, path: None, value: Some("ssh-ed25519 AAAA x".into()) },
+                PublicKey { fingerprint: Some("EE".into()), path: None, value: None },
+            ]
+        );
+        assert_eq!(env.key_pairs, vec![KeyPair { fingerprint: "A1B2".into(), path: None }]);
+        assert_eq!(env.warnings.len(), 2, "{:?}", env.warnings);
+        assert!(env.warnings.iter().any(|w| w.contains("KeyPair #1")));
+        assert!(env.warnings.iter().any(|w| w.contains("PublicKey #2")));
+    }
+
+    #[test]
+    fn unknown_elements_are_ignored() {
+        let env = ok(&doc(
+            "<HostName>h</HostName><Frobnicate><HostName>nested-ignored</HostName></Frobnicate><AdminPassword>x</AdminPassword>",
+            "<wa:Future a='b'><wa:ProvisionGuestAgent>false</wa:ProvisionGuestAgent></wa:Future>",
+        ));
+        assert_eq!(env.hostname, "h");
+        assert_eq!(env.password, None);
+        assert!(env.provision_guest_agent);
+    }
+
+    #[test]
+    fn warnings_never_contain_secrets() {
+        let env = ok(&doc(
+            "<HostName>h</HostName><UserPassword>TopSecretPw1!</UserPassword>
+             <CustomData>TopSecretCustom!!</CustomData>
+             <DisableSshPasswordAuthentication>x</DisableSshPasswordAuthentication>
+             <SSH><KeyPairs><KeyPair/></KeyPairs></SSH>",
+            "<wa:ProvisionGuestAgent>bad data</wa:ProvisionGuestAgent>",
+        ));
+        assert!(env.warnings.len() >= 3, "{:?}", env.warnings);
+        for w in &env.warnings {
+            assert!(!w.contains("TopSecret"), "{w}");
+        }
+    }
+
+    #[test]
+    fn malformed_documents() {
+        let cases = [
+            ("", "error parsing ovf-env.xml: no root element: line 1, column 0"),
+            ("not xml at all", "error parsing ovf-env.xml: text outside the root element: line 1, column 14"),
+            (
+                "<Environment>",
+                "error parsing ovf-env.xml: unexpected end of document (unclosed element): line 1, column 13",
+            ),
+            ("<Environment></Other>", "error parsing ovf-env.xml: mismatched end tag: line 1, column 13"),
+            (
+                "<Environment/><Environment/>",
+                "error parsing ovf-env.xml: content after the root element: line 1, column 28",
+            ),
+            (
+                "<?xml version=\"1.0\"?>\n<!DOCTYPE Environment [<!ENTITY pw \"x\">]><Environment>&pw;</Environment>",
+                "error parsing ovf-env.xml: DTDs are not allowed: line 2, column 41",
+            ),
+            (
+                "<Environment>&pw;</Environment>",
+                "error parsing ovf-env.xml: undefined entity reference: line 1, column 17",
+            ),
+            (
+                "<Environment>&#0;</Environment>",
+                "error parsing ovf-env.xml: invalid character reference: line 1, column 17",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(err(text), expected, "{text:?}");
+        }
+        assert!(matches!(parse(b"<Environment a=\"1\" a=\"2\"/>"), Err(OvfError::Malformed(_))));
+        assert!(matches!(parse(b"<Environment><a></Environment>"), Err(OvfError::Malformed(_))));
+        assert!(matches!(parse(b"<Environment><a"), Err(OvfError::Malformed(_))));
+        // not UTF-8 (Latin-1 £)
+        let latin1 = b"<Environment><HostName>\xA3</HostName></Environment>";
+        assert_eq!(
+            parse(latin1).unwrap_err().to_string(),
+            "error parsing ovf-env.xml: not valid UTF-8 (invalid byte at offset 23)"
+        );
+        // a broken tag that swallowed the password does not echo it
+        let broken = linux("<HostName>h</HostName><UserPassword>ab<cdSECRET</UserPassword>");
+        let message = err(&broken);
+        assert!(message.starts_with("error parsing ovf-env.xml: "), "{message}");
+        assert!(!message.contains("SECRET"), "{message}");
+    }
+
+    #[test]
+    fn missing_required_elements() {
+        let u = "unexpected metadata parsing ovf-env.xml: ";
+        assert_eq!(err("<Other/>"), format!("{u}missing configuration for 'Environment'"));
+        assert_eq!(
+            err("<Environment><x/></Environment>"),
+            format!("{u}missing configuration for 'ProvisioningSection'")
+        );
+        let no_linux = "<Environment><ProvisioningSection><Version>1.0</Version></ProvisioningSection></Environment>";
+        assert_eq!(err(no_linux), format!("{u}missing configuration for 'LinuxProvisioningConfigurationSet'"));
+        let windows = "<Environment><ProvisioningSection><WindowsProvisioningConfigurationSet><ComputerName>w\
+                       </ComputerName></WindowsProvisioningConfigurationSet></ProvisioningSection></Environment>";
+        assert_eq!(
+            err(windows),
+            format!(
+                "{u}missing configuration for 'LinuxProvisioningConfigurationSet' (found \
+                 'WindowsProvisioningConfigurationSet': a Windows configuration for a Linux image)"
+            )
+        );
+        assert_eq!(err(&linux("<UserName>u</UserName>")), format!("{u}missing configuration for 'HostName'"));
+        assert_eq!(err(&linux("<HostName> </HostName>")), format!("{u}missing configuration for 'HostName'"));
+        assert_eq!(
+            err(&linux("<HostName i:nil='true'>h</HostName>")),
+            format!("{u}missing configuration for 'HostName'")
+        );
+        let no_platform = format!(
+            "<Environment xmlns:wa=\"{WA_NS}\"><wa:ProvisioningSection><LinuxProvisioningConfigurationSet>\
+             <HostName>h</HostName></LinuxProvisioningConfigurationSet></wa:ProvisioningSection></Environment>"
+        );
+        assert_eq!(err(&no_platform), format!("{u}missing configuration for 'PlatformSettingsSection'"));
+        let no_settings = no_platform.replace(
+            "</Environment>",
+            "<wa:PlatformSettingsSection><wa:Version>1.0</wa:Version></wa:PlatformSettingsSection></Environment>",
+        );
+        assert_eq!(err(&no_settings), format!("{u}missing configuration for 'PlatformSettings'"));
+        // UserName may be absent
+        assert_eq!(ok(&linux("<HostName>h</HostName>")).username, None);
+    }
+
+    #[test]
+    fn duplicates() {
+        let u = "unexpected metadata parsing ovf-env.xml: multiple configuration matches for ";
+        assert_eq!(err(&linux("<HostName>a</HostName><HostName>b</HostName>")), format!("{u}'HostName' (2)"));
+        assert_eq!(
+            err(&linux(
+                "<HostName>a</HostName><UserPassword>1</UserPassword><UserPassword/><UserPassword>3</UserPassword>"
+            )),
+            format!("{u}'UserPassword' (3)")
+        );
+        assert_eq!(
+            err(&linux("<HostName>a</HostName><CustomData>YQ==</CustomData><CustomData>YQ==</CustomData>")),
+            format!("{u}'CustomData' (2)")
+        );
+        assert_eq!(
+            err(&linux("<HostName>a</HostName><SSH><PublicKeys><PublicKey><Path>a</Path><Path>b</Path></PublicKey></PublicKeys></SSH>")),
+            format!("{u}'Path' (2)")
+        );
+        assert_eq!(
+            err(&settings("<wa:ProvisionGuestAgent>true</wa:ProvisionGuestAgent><wa:ProvisionGuestAgent>false</wa:ProvisionGuestAgent>")),
+            format!("{u}'ProvisionGuestAgent' (2)")
+        );
+        let two_sections =
+            EXAMPLE.replace("<ns1:PlatformSettingsSection>", "<ns1:ProvisioningSection/><ns1:PlatformSettingsSection>");
+        assert_eq!(err(&two_sections), format!("{u}'ProvisioningSection' (2)"));
+        let two_sets =
+            linux("<HostName>a</HostName></LinuxProvisioningConfigurationSet><LinuxProvisioningConfigurationSet>");
+        assert_eq!(err(&two_sets), format!("{u}'LinuxProvisioningConfigurationSet' (2)"));
+    }
+
+    // ---- redact ----
+
+    #[test]
+    fn redact_replaces_only_the_password_text() {
+        let redacted = redact(EXAMPLE.as_bytes());
+        let expected =
+            EXAMPLE.replace("<UserPassword>Exampl3-Only!</UserPassword>", "<UserPassword>REDACTED</UserPassword>");
+        assert_eq!(String::from_utf8(redacted.clone()).unwrap(), expected);
+        let env = parse(&redacted).unwrap();
+        assert_eq!(env.password, None);
+        assert_eq!(env.hostname, "web-01");
+        // idempotent
+        assert_eq!(redact(&redacted), redacted);
+    }
+
+    #[test]
+    fn redact_prefixes_cdata_entities_bom_crlf() {
+        let text = format!(
+            "\u{FEFF}<?xml version=\"1.0\"?>\r\n<Environment xmlns:wa=\"{WA_NS}\">\r\n\
+             <wa:UserPassword a=\"1\">p&amp;w<![CDATA[ <x> ]]>d</wa:UserPassword>\r\n\
+             <AdminUserPasswordHint>hint</AdminUserPasswordHint>\r\n\
+             <UserPassword/><UserPassword></UserPassword>\r\n\
+             <Other>UserPassword</Other><!-- <UserPassword>c</UserPassword> -->\r\n</Environment>"
+        );
+        let redacted = String::from_utf8(redact(text.as_bytes())).unwrap();
+        let expected = text
+            .replace("p&amp;w<![CDATA[ <x> ]]>d", "REDACTED")
+            .replace(">hint<", ">REDACTED<")
+            .replace("<UserPassword></UserPassword>", "<UserPassword>REDACTED</UserPassword>");
+        assert_eq!(redacted, expected);
+    }
+
+    #[test]
+    fn redact_nested_password_elements() {
+        let text = "<Environment><UserPassword>a<UserPassword>b</UserPassword>c</UserPassword></Environment>";
+        assert_eq!(redact(text.as_bytes()), b"<Environment><UserPassword>REDACTED</UserPassword></Environment>");
+    }
+
+    #[test]
+    fn redact_without_password_is_identity() {
+        let text = settings("<wa:ProvisionGuestAgent>true</wa:ProvisionGuestAgent>");
+        assert_eq!(redact(text.as_bytes()), text.as_bytes());
+        assert_eq!(redact(b""), b"");
+        assert_eq!(redact(b"garbage <<<"), b"garbage <<<");
+    }
+
+    #[test]
+    fn redact_fallback_on_malformed_documents() {
+        // malformed elsewhere: the password is still replaced, the rest kept
+        let text = "<Environment><UserPassword>S3cret!</UserPassword><Broken></Environment>";
+        assert_eq!(
+            String::from_utf8(redact(text.as_bytes())).unwrap(),
+            "<Environment><UserPassword>REDACTED</UserPassword><Broken></Environment>"
+        );
+        // unterminated password element: everything after the start tag goes
+        let text = "<Environment><wa:UserPassword>S3cret!<Other>x</Other>";
+        assert_eq!(String::from_utf8(redact(text.as_bytes())).unwrap(), "<Environment><wa:UserPassword>REDACTED");
+        // unterminated start tag
+        let text = "<Environment><UserPassword attr='S3cret!";
+        assert_eq!(String::from_utf8(redact(text.as_bytes())).unwrap(), "<Environment>");
+        // several passwords, an empty one, and not UTF-8
+        let text =
+            b"<E>\xff<UserPassword/><a:UserPassword>one</a:UserPassword><UserPassword>two</UserPassword>".to_vec();
+        assert_eq!(
+            redact(&text),
+            b"<E>\xff<UserPassword/><a:UserPassword>REDACTED</a:UserPassword><UserPassword>REDACTED</UserPassword>"
+        );
+        // a stray '<' inside the password makes the document malformed
+        let text = linux("<HostName>h</HostName><UserPassword>ab<cdSECRET</UserPassword>");
+        let out = String::from_utf8(redact(text.as_bytes())).unwrap();
+        assert!(!out.contains("SECRET") && !out.contains("ab<cd"), "{out}");
+        assert_eq!(out, text.replace("ab<cdSECRET", "REDACTED"));
+    }
+
+    // ---- conformance: shared fixtures (WALinuxAgent tests/data/ovf-env*.xml) ----
+
+    fn check_fixture(name: &str, provision_guest_agent: bool, warnings: usize) {
+        let Some(bytes) = crate::testutil::fixture(&format!("ovf/{name}")) else { return };
+        let env = parse(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(env.hostname, "HostName");
+        assert_eq!(env.username.as_deref(), Some("UserName"));
+        assert_eq!(password(&env).as_deref(), Some("UserPassword"));
+        assert_eq!(env.disable_ssh_password_authentication, Some(false));
+        assert_eq!(
+            env.public_keys,
+            vec![PublicKey {
+                fingerprint: Some("EB0C0AB4B2D5FC35F2F0658D19F44C8283E2DD62".into()),
+                path: Some("$HOME/UserName/.ssh/authorized_keys".into()),
+                value: Some("ssh-rsa AAAANOTAREALKEY== foo@bar.local".into()),
+            }]
+        );
+        assert_eq!(
+            env.key_pairs,
+            vec![KeyPair {
+                fingerprint: "EB0C0AB4B2D5FC35F2F0658D19F44C8283E2DD62".into(),
+                path: Some("$HOME/UserName/.ssh/id_rsa".into()),
+            }]
+        );
+        // `CustomData` (10 characters) is not valid padded base64: kept as given, flagged
+        assert_eq!(env.custom_data, Some(CustomData::Raw(Secret::new(b"CustomData".to_vec()))));
+        assert!(env.warnings.iter().any(|w| w.starts_with("CustomData:")), "{:?}", env.warnings);
+        assert_eq!(env.provision_guest_agent, provision_guest_agent, "{name}");
+        assert!(!env.preprovisioned_vm);
+        assert_eq!(env.preprovisioned_vm_type, None);
+        assert!(!env.provision_guest_proxy_agent);
+        assert_eq!(env.warnings.len(), warnings, "{name}: {:?}", env.warnings);
+
+        let redacted = redact(&bytes);
+        let text = String::from_utf8(bytes).unwrap();
+        let expected =
+            text.replace("<UserPassword>UserPassword</UserPassword>", "<UserPassword>REDACTED</UserPassword>");
+        assert_eq!(String::from_utf8(redacted.clone()).unwrap(), expected);
+        assert_eq!(parse(&redacted).unwrap().password, None);
+    }
+
+    #[test]
+    fn fixture_provision_guest_agent_false() {
+        check_fixture("walinuxagent-ovf-env.xml", false, 1);
+    }
+
+    #[test]
+    fn fixture_provision_guest_agent_true() {
+        check_fixture("walinuxagent-ovf-env-2-provision-guest-agent-true.xml", true, 1);
+    }
+
+    #[test]
+    fn fixture_provision_guest_agent_empty() {
+        check_fixture("walinuxagent-ovf-env-3-provision-guest-agent-empty.xml", true, 1);
+    }
+
+    #[test]
+    fn fixture_provision_guest_agent_bad_data() {
+        check_fixture("walinuxagent-ovf-env-4-provision-guest-agent-bad-data.xml", true, 2);
+        let Some(bytes) = crate::testutil::fixture("ovf/walinuxagent-ovf-env-4-provision-guest-agent-bad-data.xml")
+        else {
+            return;
+        };
+        let env = parse(&bytes).unwrap();
+        assert!(env.warnings.iter().any(|w| w.starts_with("ProvisionGuestAgent:")), "{:?}", env.warnings);
     }
 }
