@@ -941,6 +941,17 @@ mod tests {
     }
 
     #[test]
+    fn provisioning_version_is_only_checked_for_warnings() {
+        let newer = linux("<HostName>h</HostName>")
+            .replace("<wa:Version>1.0</wa:Version>\n    <Linux", "<wa:Version>2.0</wa:Version>\n    <Linux");
+        let env = ok(&newer);
+        assert_eq!(env.warnings, vec!["ProvisioningSection Version \"2.0\" is newer than 1.0".to_string()]);
+        let absent = linux("<HostName>h</HostName>").replace("<wa:Version>1.0</wa:Version>\n    <Linux", "<Linux");
+        let env = ok(&absent);
+        assert_eq!(env.warnings, vec!["ProvisioningSection has no Version".to_string()]);
+    }
+
+    #[test]
     fn platform_settings_defaults() {
         let env = ok(&settings(""));
         assert!(env.provision_guest_agent);
