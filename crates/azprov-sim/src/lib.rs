@@ -3,5 +3,6 @@
 
 pub mod dvd;
 pub mod ovf;
+pub mod sandbox;
 pub mod server;
 pub mod vm;

@@ -1,1 +1,215 @@
-fn main() {}
+//! `azprov` command line: parse arguments, load configuration, call the library, map results to exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use azprov::config;
+use azprov::platform::{media, ovf};
+use azprov::provision::{self, exit, Options, PhaseSel};
+use azprov::state::State;
+use azprov::system::{RealSystem, System};
+use azprov::timeutil::SystemClock;
+
+#[derive(Parser)]
+#[command(name = "azprov", version, about = "Linux VM provisioning agent for Microsoft Azure")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Extra configuration file (host path), read after /etc/azprov/azprov.toml and its .d directory.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Operate on an offline image or sandbox: every path read or written is under DIR.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    root: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PhaseArg {
+    Local,
+    Network,
+    AfterReady,
+    All,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The boot job: provision this VM (or the --root image) and report to the platform.
+    Provision {
+        #[command(flatten)]
+        common: Common,
+        /// Read ovf-env.xml from this image file or device (host path) instead of scanning CD-ROM drives.
+        #[arg(long, value_name = "PATH")]
+        media: Option<PathBuf>,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Which boot phase to run.
+        #[arg(long, value_enum, default_value = "all")]
+        phase: PhaseArg,
+    },
+    /// Print the effective configuration.
+    Config {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Show the last run.
+    Status {
+        #[command(flatten)]
+        common: Common,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Parse platform inputs and print them as JSON (never secrets).
+    Inspect {
+        #[command(subcommand)]
+        what: Inspect,
+    },
+}
+
+#[derive(Subcommand)]
+enum Inspect {
+    /// An ovf-env.xml file.
+    Ovf { file: PathBuf },
+    /// A provisioning DVD image or device (UDF or ISO9660).
+    Media { path: PathBuf },
+}
+
+fn init_logging() {
+    let level = match std::env::var("AZPROV_LOG").unwrap_or_default().to_ascii_lowercase().as_str() {
+        "error" => tracing::Level::ERROR,
+        "warn" => tracing::Level::WARN,
+        "debug" => tracing::Level::DEBUG,
+        "trace" => tracing::Level::TRACE,
+        _ => tracing::Level::INFO,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+fn load_config(sys: &dyn System, common: &Common) -> Result<config::Config, ExitCode> {
+    config::load(sys, common.config.as_deref()).map_err(|e| {
+        eprintln!("azprov: configuration error: {e}");
+        ExitCode::from(exit::NOT_APPLICABLE as u8)
+    })
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Provision { common, media, dry_run, phase } => {
+            init_logging();
+            let sys = RealSystem::new(&common.root);
+            let cfg = match load_config(&sys, &common) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let phase = match phase {
+                PhaseArg::Local => PhaseSel::Local,
+                PhaseArg::Network => PhaseSel::Network,
+                PhaseArg::AfterReady => PhaseSel::AfterReady,
+                PhaseArg::All => PhaseSel::All,
+            };
+            let opts = Options { phase, media, dry_run };
+            let out = provision::provision(&sys, &cfg, &opts, &SystemClock);
+            if let Some(plan) = &out.plan {
+                println!("{}", serde_json::to_string_pretty(plan)?);
+            }
+            if out.exit_code == exit::OK {
+                tracing::info!("{}", out.message);
+            } else {
+                tracing::error!("{}", out.message);
+            }
+            Ok(ExitCode::from(out.exit_code as u8))
+        }
+        Cmd::Config { common } => {
+            let sys = RealSystem::new(&common.root);
+            let cfg = match load_config(&sys, &common) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            print!("{}", cfg.to_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { common, json } => {
+            let sys = RealSystem::new(&common.root);
+            let cfg = match load_config(&sys, &common) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let st = State::new(&sys, &cfg.state.dir);
+            let summary = match st.summary() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("azprov: no run recorded in {}: {e}", sys.host_path(&cfg.state.dir).display());
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!(
+                    "vm {}: {:?}{}{}",
+                    summary.vm_id.as_deref().unwrap_or("?"),
+                    summary.result,
+                    summary.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(),
+                    if summary.reported { ", reported" } else { ", not reported" }
+                );
+                for s in &summary.steps {
+                    println!("  {:<14} {:<8} {:>6} ms  {}", s.name, format!("{:?}", s.outcome).to_lowercase(), s.duration_ms, s.detail);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Inspect { what } => {
+            let bytes = match &what {
+                Inspect::Ovf { file } => std::fs::read(file).with_context(|| format!("reading {}", file.display()))?,
+                Inspect::Media { path } => {
+                    let sys = RealSystem::new("/");
+                    let reader = sys.open_host_read(path).with_context(|| format!("opening {}", path.display()))?;
+                    match media::read_ovf(reader.as_ref()) {
+                        Ok(m) => m.bytes,
+                        Err(e) => {
+                            eprintln!("azprov: {}: {e}", path.display());
+                            return Ok(ExitCode::from(1));
+                        }
+                    }
+                }
+            };
+            match ovf::parse(&bytes) {
+                Ok(env) => {
+                    println!("{}", serde_json::to_string_pretty(&env.inspect_json())?);
+                    for w in &env.warnings {
+                        eprintln!("azprov: warning: {w}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("azprov: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("azprov: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -83,7 +83,8 @@ pub enum CdromStatus {
     TrayOpen,
     NotReady,
     DiscOk,
-    /// Not a drive (an image file standing in for one in a sandbox): readable as is.
+    /// Not a drive (a non-empty image file standing in for one in a sandbox): readable as is. An empty file
+    /// stands for a drive without a disc (`NoDisc`).
     ImageFile,
     Unknown(i32),
 }

@@ -300,8 +300,10 @@ impl System for RealSystem {
     fn cdrom_status(&self, path: &Path) -> io::Result<CdromStatus> {
         let host = self.host_path(path);
         let file = OpenOptions::new().read(true).custom_flags(libc_o_nonblock()).open(&host)?;
-        if file.metadata()?.file_type().is_file() {
-            return Ok(CdromStatus::ImageFile);
+        let meta = file.metadata()?;
+        if meta.file_type().is_file() {
+            // an image file standing in for a drive (sandboxes); an empty one is a drive without a disc
+            return Ok(if meta.len() == 0 { CdromStatus::NoDisc } else { CdromStatus::ImageFile });
         }
         // SAFETY: CDROM_DRIVE_STATUS takes an integer slot argument and returns an integer.
         let st = unsafe { rustix::ioctl::ioctl(&file, IntIoctl { opcode: CDROM_DRIVE_STATUS, arg: CDSL_CURRENT }) }?;
