@@ -85,10 +85,7 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
 
 /// Characters that cannot appear in a file name on either file system (path separators, NUL).
 fn sanitize_name(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| if c == '/' || c == '\\' || c == '\0' { '_' } else { c })
-        .collect();
+    let s: String = name.chars().map(|c| if c == '/' || c == '\\' || c == '\0' { '_' } else { c }).collect();
     if s.is_empty() || s == "." || s == ".." {
         "_".to_string()
     } else {
@@ -125,11 +122,7 @@ fn finish_tag(d: &mut [u8], ident: u16, version: u16, location: u32) {
     w16(d, 8, crc);
     w16(d, 10, crc_len);
     w32(d, 12, location);
-    let sum = d[..16]
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != 4)
-        .fold(0u8, |acc, (_, &b)| acc.wrapping_add(b));
+    let sum = d[..16].iter().enumerate().filter(|(i, _)| *i != 4).fold(0u8, |acc, (_, &b)| acc.wrapping_add(b));
     d[4] = sum;
 }
 
@@ -464,7 +457,7 @@ fn lvid(v: &VolumeInfo<'_>) -> Vec<u8> {
     let mut d = vec![0u8; 80 + 8 * nparts + l_iu];
     timestamp(&mut d, 16);
     w32(&mut d, 28, 1); // close integrity
-    // Logical Volume Header Descriptor: next unique id.
+                        // Logical Volume Header Descriptor: next unique id.
     w64(&mut d, 40, v.next_unique_id);
     w32(&mut d, 72, nparts as u32);
     w32(&mut d, 76, l_iu as u32);
@@ -665,7 +658,9 @@ pub fn udf_image(files: &[(&str, &[u8])], label: &str, layout: UdfLayout) -> Vec
     if v250 {
         // Metadata extent and its mirror, then the two metadata file EFEs at partition blocks 0 and 1.
         let meta_bytes = u64::from(meta_len) * SS as u64;
-        for (block, start, ft) in [(0u32, META_ALLOC_UNIT, FT_METADATA), (1, META_ALLOC_UNIT + meta_len, FT_METADATA_MIRROR)] {
+        for (block, start, ft) in
+            [(0u32, META_ALLOC_UNIT, FT_METADATA), (1, META_ALLOC_UNIT + meta_len, FT_METADATA_MIRROR)]
+        {
             put(&mut img, PART_START + start, &meta);
             let ads = short_ads(&split_extents(start, meta_bytes));
             let efe = file_entry(
@@ -731,6 +726,24 @@ fn iso_plain_name(name: &str) -> Vec<u8> {
     format!("{base}.{ext};1").into_bytes()
 }
 
+/// ECMA-119 9.3 ordering of plain identifiers: name, then extension, each padded with spaces, then version.
+fn iso_sort_key(ident: &[u8]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let (name_ext, version) = match ident.iter().position(|&b| b == b';') {
+        Some(p) => (&ident[..p], &ident[p + 1..]),
+        None => (ident, &[][..]),
+    };
+    let (name, ext) = match name_ext.iter().position(|&b| b == b'.') {
+        Some(p) => (&name_ext[..p], &name_ext[p + 1..]),
+        None => (name_ext, &[][..]),
+    };
+    let pad = |s: &[u8]| {
+        let mut v = s.to_vec();
+        v.resize(31, b' ');
+        v
+    };
+    (pad(name), pad(ext), version.to_vec())
+}
+
 /// Joliet file identifier: UCS-2BE, at most 64 characters including the `;1` suffix.
 fn iso_joliet_name(name: &str) -> Vec<u8> {
     let mut out = Vec::new();
@@ -750,7 +763,7 @@ fn iso_joliet_name(name: &str) -> Vec<u8> {
 const ISO_DIR_DATE: [u8; 7] = [123, 1, 1, 0, 0, 0, 0];
 
 fn dir_record(ident: &[u8], extent: u32, len: u32, is_dir: bool) -> Vec<u8> {
-    let l = 33 + ident.len() + usize::from(ident.len() % 2 == 0);
+    let l = 33 + ident.len() + usize::from(ident.len() & 1 == 0);
     let mut r = vec![0u8; l];
     r[0] = l as u8;
     both32(&mut r, 2, extent);
@@ -865,7 +878,7 @@ pub fn iso9660_image(files: &[(&str, &[u8])], label: &str, joliet: bool) -> Vec<
 
     // Sorted record order per tree (ECMA-119 9.3: ascending file identifier).
     let mut plain: Vec<(Vec<u8>, usize)> = names.iter().enumerate().map(|(i, n)| (iso_plain_name(n), i)).collect();
-    plain.sort();
+    plain.sort_by_cached_key(|(n, i)| (iso_sort_key(n), *i));
     let mut jol: Vec<(Vec<u8>, usize)> = names.iter().enumerate().map(|(i, n)| (iso_joliet_name(n), i)).collect();
     jol.sort();
 
@@ -911,10 +924,8 @@ pub fn iso9660_image(files: &[(&str, &[u8])], label: &str, joliet: bool) -> Vec<
     let write_tree = |img: &mut Vec<u8>, t: &IsoTree, names: &[(Vec<u8>, usize)]| {
         put(img, t.path_l, &path_table(t.dir_sector, false));
         put(img, t.path_m, &path_table(t.dir_sector, true));
-        let mut recs = vec![
-            dir_record(&[0], t.dir_sector, t.dir_len, true),
-            dir_record(&[1], t.dir_sector, t.dir_len, true),
-        ];
+        let mut recs =
+            vec![dir_record(&[0], t.dir_sector, t.dir_len, true), dir_record(&[1], t.dir_sector, t.dir_len, true)];
         recs.extend(names.iter().map(|(n, i)| dir_record(n, extents[*i], data[*i].len() as u32, false)));
         put(img, t.dir_sector, &dir_sectors(&recs));
     };
@@ -932,14 +943,637 @@ pub fn iso9660_image(files: &[(&str, &[u8])], label: &str, joliet: bool) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    const LABEL: &str = "rd_rdfe_stable.230101-1234";
+
+    fn ovf_xml() -> Vec<u8> {
+        let mut s = String::from(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<Environment xmlns=\"http://schemas.dmtf.org/ovf/environment/1\">\n",
+        );
+        let mut i = 0;
+        while s.len() < 3000 {
+            s.push_str(&format!("  <wa:Setting{i}>value {i}</wa:Setting{i}>\n"));
+            i += 1;
+        }
+        s.push_str("</Environment>\n");
+        s.into_bytes()
+    }
+
+    fn big() -> Vec<u8> {
+        (0..5000u32).map(|i| (i.wrapping_mul(131) >> 3) as u8).collect()
+    }
+
+    /// Name → content of the standard fixture (ovf-env.xml ~3 KB, a 5000-byte file, tiny, empty,
+    /// Latin-1 and non-Latin-1 names).
+    fn fixture() -> Vec<(String, Vec<u8>)> {
+        vec![
+            ("ovf-env.xml".into(), ovf_xml()),
+            ("blob.bin".into(), big()),
+            ("tiny.txt".into(), b"hi\n".to_vec()),
+            ("empty".into(), Vec::new()),
+            ("café.txt".into(), vec![0xC3; 2049]),
+            ("日本語.txt".into(), b"nihongo".to_vec()),
+        ]
+    }
+
+    fn as_refs(v: &[(String, Vec<u8>)]) -> Vec<(&str, &[u8])> {
+        v.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect()
+    }
+
+    // -----------------------------------------------------------------------------------------------------
+    // Independent UDF read-back (written from ECMA-167 / OSTA UDF, not sharing the writer's helpers)
+    // -----------------------------------------------------------------------------------------------------
+
+    fn r16(b: &[u8], o: usize) -> u16 {
+        u16::from_le_bytes([b[o], b[o + 1]])
+    }
+    fn r32(b: &[u8], o: usize) -> u32 {
+        u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
+    }
+    fn r64(b: &[u8], o: usize) -> u64 {
+        u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
+    }
+
+    fn crc_ref(data: &[u8]) -> u16 {
+        // Table-less, bit-reflected-free CRC-16/XMODEM (same polynomial as ECMA-167), written differently.
+        data.iter().fold(0u16, |crc, &byte| {
+            let mut c = crc;
+            for bit in (0..8).rev() {
+                let feedback = ((c >> 15) as u8 ^ (byte >> bit)) & 1;
+                c <<= 1;
+                if feedback == 1 {
+                    c ^= 0x1021;
+                }
+            }
+            c
+        })
+    }
+
+    /// Validates a descriptor tag; returns the descriptor version.
+    fn check_tag(d: &[u8], id: u16, loc: u32) -> u16 {
+        assert_eq!(r16(d, 0), id, "tag id");
+        let sum = (0..16).filter(|&i| i != 4).fold(0u8, |a, i| a.wrapping_add(d[i]));
+        assert_eq!(d[4], sum, "tag checksum of descriptor {id}");
+        let crc_len = r16(d, 10) as usize;
+        assert!(16 + crc_len <= d.len(), "crc length of descriptor {id}");
+        assert_eq!(r16(d, 8), crc_ref(&d[16..16 + crc_len]), "crc of descriptor {id}");
+        assert_eq!(r32(d, 12), loc, "tag location of descriptor {id}");
+        let ver = r16(d, 2);
+        assert!(ver == 2 || ver == 3);
+        ver
+    }
+
+    fn decode_dchars(b: &[u8]) -> String {
+        match b.first() {
+            None => String::new(),
+            Some(8) => b[1..].iter().map(|&c| c as char).collect(),
+            Some(16) => {
+                b[1..].chunks(2).map(|p| char::from_u32(u32::from(u16::from_be_bytes([p[0], p[1]]))).unwrap()).collect()
+            }
+            Some(x) => panic!("compression id {x}"),
+        }
+    }
+
+    fn dstring_field(b: &[u8]) -> String {
+        let used = *b.last().unwrap() as usize;
+        decode_dchars(&b[..used])
+    }
+
+    enum Part {
+        Phys(u32),
+        /// Metadata partition: (byte length, absolute first sector) extents of the metadata file.
+        Meta(Vec<(u64, u32)>),
+    }
+
+    struct Udf<'a> {
+        img: &'a [u8],
+        parts: Vec<Part>,
+        dver: u16,
+        label: String,
+        domain_rev: u16,
+    }
+
+    #[derive(Debug)]
+    struct Entry {
+        name: String,
+        characteristics: u8,
+        data: Vec<u8>,
+        tag_id: u16,
+    }
+
+    impl<'a> Udf<'a> {
+        fn sector(&self, n: u32) -> &'a [u8] {
+            let o = n as usize * SS;
+            &self.img[o..o + SS]
+        }
+
+        fn abs(&self, partref: u16, lbn: u32) -> u32 {
+            match &self.parts[partref as usize] {
+                Part::Phys(start) => start + lbn,
+                Part::Meta(exts) => {
+                    let mut off = u64::from(lbn) * 2048;
+                    for &(len, first) in exts {
+                        if off < len {
+                            return first + (off / 2048) as u32;
+                        }
+                        off -= len;
+                    }
+                    panic!("lbn {lbn} beyond the metadata file");
+                }
+            }
+        }
+
+        fn open(img: &'a [u8]) -> Udf<'a> {
+            assert_eq!(img.len() % SS, 0);
+            let n = (img.len() / SS) as u32;
+            let mut udf = Udf { img, parts: Vec::new(), dver: 0, label: String::new(), domain_rev: 0 };
+            // VRS
+            let ids: Vec<&[u8]> = (16..19).map(|s| &udf.sector(s)[1..6]).collect();
+            assert_eq!(ids[0], b"BEA01");
+            assert!(ids[1] == b"NSR02" || ids[1] == b"NSR03");
+            assert_eq!(ids[2], b"TEA01");
+            // Anchors at 256 and N-1 describe the same sequences.
+            let a = udf.sector(256);
+            udf.dver = check_tag(a, 2, 256);
+            let b = udf.sector(n - 1);
+            check_tag(b, 2, n - 1);
+            assert_eq!(&a[16..32], &b[16..32]);
+            let (mlen, mloc, rlen, rloc) = (r32(a, 16), r32(a, 20), r32(a, 24), r32(a, 28));
+            let main = udf.read_vds(mloc, mlen);
+            let reserve = udf.read_vds(rloc, rlen);
+            assert_eq!(main.1[16..], reserve.1[16..], "main and reserve LVD differ");
+            let (pds, lvd) = main;
+            assert_eq!(r32(&lvd, 212), 2048);
+            assert_eq!(&lvd[217..236], b"*OSTA UDF Compliant");
+            udf.domain_rev = r16(&lvd, 240);
+            udf.label = dstring_field(&lvd[84..212]);
+            // LVID
+            let lvid = udf.sector(r32(&lvd, 436));
+            check_tag(&lvid[..r16(lvid, 10) as usize + 16], 9, r32(&lvd, 436));
+            assert_eq!(r32(lvid, 28), 1, "LVID closed");
+            // Partition maps.
+            let nmaps = r32(&lvd, 268) as usize;
+            let mut off = 440;
+            for _ in 0..nmaps {
+                let m = &lvd[off..];
+                match m[0] {
+                    1 => {
+                        assert_eq!(m[1], 6);
+                        udf.parts.push(Part::Phys(pds[&r16(m, 4)]));
+                    }
+                    2 => {
+                        assert_eq!(m[1], 64);
+                        assert_eq!(&m[5..28], b"*UDF Metadata Partition");
+                        let start = pds[&r16(m, 38)];
+                        let exts = |loc: u32, want_type: u8| {
+                            let fe = udf.sector(start + loc);
+                            check_tag(&fe[..216 + r32(fe, 212) as usize], 266, loc);
+                            assert_eq!(fe[27], want_type);
+                            assert_eq!(r16(fe, 34) & 7, 0, "metadata file uses short_ad");
+                            let l_ea = r32(fe, 208) as usize;
+                            let l_ad = r32(fe, 212) as usize;
+                            fe[216 + l_ea..216 + l_ea + l_ad]
+                                .chunks(8)
+                                .map(|ad| (u64::from(r32(ad, 0) & 0x3FFF_FFFF), start + r32(ad, 4)))
+                                .collect::<Vec<_>>()
+                        };
+                        let main = exts(r32(m, 40), 250);
+                        let mirror = exts(r32(m, 44), 251);
+                        // Duplicate flag set: the mirror holds a byte-identical copy.
+                        assert_eq!(m[58] & 1, 1);
+                        let bytes = |e: &[(u64, u32)]| {
+                            e.iter()
+                                .flat_map(|&(len, first)| {
+                                    let o = first as usize * SS;
+                                    img[o..o + len as usize].to_vec()
+                                })
+                                .collect::<Vec<u8>>()
+                        };
+                        assert_eq!(bytes(&main), bytes(&mirror));
+                        udf.parts.push(Part::Meta(main));
+                    }
+                    t => panic!("partition map type {t}"),
+                }
+                off += m[1] as usize;
+            }
+            udf
+        }
+
+        /// Walks a Volume Descriptor Sequence: (partition number → start, LVD bytes).
+        fn read_vds(&self, loc: u32, len: u32) -> (BTreeMap<u16, u32>, Vec<u8>) {
+            let mut pds = BTreeMap::new();
+            let mut lvd = None;
+            for s in loc..loc + len / 2048 {
+                let d = self.sector(s);
+                let id = r16(d, 0);
+                let dlen = 16 + r16(d, 10) as usize;
+                check_tag(&d[..dlen], id, s);
+                match id {
+                    5 => {
+                        let contents = &d[25..31];
+                        assert!(contents == b"+NSR02" || contents == b"+NSR03");
+                        pds.insert(r16(d, 22), r32(d, 188));
+                    }
+                    6 => lvd = Some(d[..dlen].to_vec()),
+                    8 => break,
+                    1 | 4 | 7 => {}
+                    other => panic!("unexpected descriptor {other} in VDS"),
+                }
+            }
+            (pds, lvd.expect("no LVD"))
+        }
+
+        /// Reads an (E)FE: (tag id, file type, content).
+        fn read_icb(&self, partref: u16, lbn: u32) -> (u16, u8, Vec<u8>) {
+            let d = self.sector(self.abs(partref, lbn));
+            let id = r16(d, 0);
+            let hdr = match id {
+                261 => 176,
+                266 => 216,
+                other => panic!("not a file entry: {other}"),
+            };
+            let l_ea = r32(d, hdr - 8) as usize;
+            let l_ad = r32(d, hdr - 4) as usize;
+            check_tag(&d[..hdr + l_ea + l_ad], id, lbn);
+            assert_eq!(r16(d, 20), 4, "strategy 4");
+            let size = r64(d, 56) as usize;
+            let ads = &d[hdr + l_ea..hdr + l_ea + l_ad];
+            let mut out = Vec::new();
+            let mut take = |abs_first: u32, len: usize| {
+                let o = abs_first as usize * SS;
+                out.extend_from_slice(&self.img[o..o + len]);
+            };
+            match r16(d, 34) & 7 {
+                0 => ads.chunks(8).for_each(|ad| {
+                    assert_eq!(r32(ad, 0) >> 30, 0);
+                    take(self.abs(partref, r32(ad, 4)), (r32(ad, 0) & 0x3FFF_FFFF) as usize)
+                }),
+                1 => ads.chunks(16).for_each(|ad| {
+                    assert_eq!(r32(ad, 0) >> 30, 0);
+                    take(self.abs(r16(ad, 8), r32(ad, 4)), (r32(ad, 0) & 0x3FFF_FFFF) as usize)
+                }),
+                3 => out.extend_from_slice(ads),
+                t => panic!("allocation type {t}"),
+            }
+            assert_eq!(out.len(), size, "information length");
+            (id, d[27], out)
+        }
+
+        fn root(&self) -> Vec<Entry> {
+            let fsd_ad = {
+                // LVD is re-read through the anchor to keep open() simple.
+                let a = self.sector(256);
+                let lvd = self.read_vds(r32(a, 20), r32(a, 16)).1;
+                (r32(&lvd, 252), r16(&lvd, 256))
+            };
+            let fsd = self.sector(self.abs(fsd_ad.1, fsd_ad.0));
+            check_tag(&fsd[..512], 256, fsd_ad.0);
+            assert_eq!(&fsd[417..436], b"*OSTA UDF Compliant");
+            let (root_lbn, root_ref) = (r32(fsd, 404), r16(fsd, 408));
+            let (_, ft, dir) = self.read_icb(root_ref, root_lbn);
+            assert_eq!(ft, 4);
+            // Directory data of these images is one contiguous extent right after the root ICB... but do
+            // not rely on it: locate each FID's block by searching its tag location within the stream.
+            let (first_dir_lbn, _) = {
+                let d = self.sector(self.abs(root_ref, root_lbn));
+                let hdr = if r16(d, 0) == 266 { 216 } else { 176 };
+                let l_ea = r32(d, hdr - 8) as usize;
+                (r32(d, hdr + l_ea + 4), 0)
+            };
+            let mut out = Vec::new();
+            let mut off = 0;
+            while off < dir.len() {
+                let f = &dir[off..];
+                let l_fi = f[19] as usize;
+                let l_iu = r16(f, 36) as usize;
+                let len = (38 + l_iu + l_fi + 3) & !3;
+                check_tag(&f[..len], 257, first_dir_lbn + (off / SS) as u32);
+                let (icb_lbn, icb_ref) = (r32(f, 24), r16(f, 28));
+                let name = decode_dchars(&f[38 + l_iu..38 + l_iu + l_fi]);
+                let characteristics = f[18];
+                if characteristics & 0x08 != 0 {
+                    assert_eq!((icb_lbn, icb_ref), (root_lbn, root_ref), "parent of root is root");
+                    out.push(Entry { name, characteristics, data: Vec::new(), tag_id: 0 });
+                } else {
+                    let (tag_id, ft, data) = self.read_icb(icb_ref, icb_lbn);
+                    assert_eq!(ft, 5);
+                    out.push(Entry { name, characteristics, data, tag_id });
+                }
+                off += len;
+            }
+            out
+        }
+    }
+
+    fn check_udf_roundtrip(files: &[(String, Vec<u8>)], label: &str, layout: UdfLayout) -> Vec<u8> {
+        let img = udf_image(&as_refs(files), label, layout);
+        let udf = Udf::open(&img);
+        assert_eq!(udf.label, label);
+        let (rev, dver, fe_tag) = match layout {
+            UdfLayout::V102 => (0x0102, 2, 261),
+            UdfLayout::V250 => (0x0250, 3, 266),
+        };
+        assert_eq!(udf.domain_rev, rev);
+        assert_eq!(udf.dver, dver);
+        assert_eq!(udf.parts.len(), if layout == UdfLayout::V250 { 2 } else { 1 });
+        let entries = udf.root();
+        assert_eq!(entries[0].characteristics, 0x0A, "first FID is the parent entry");
+        let got: Vec<(String, Vec<u8>)> = entries[1..].iter().map(|e| (e.name.clone(), e.data.clone())).collect();
+        assert_eq!(got.len(), files.len());
+        for ((gn, gd), (wn, wd)) in got.iter().zip(files) {
+            assert_eq!(gn, wn);
+            assert!(gd == wd, "content of {wn} differs");
+        }
+        assert!(entries[1..].iter().all(|e| e.tag_id == fe_tag));
+        img
+    }
 
     #[test]
-    fn dvd_dump_tmp() {
-        let ovf = vec![b'x'; 3000];
-        let big: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
-        let files: &[(&str, &[u8])] = &[("ovf-env.xml", &ovf), ("big.bin", &big), ("tiny", b"hi")];
-        std::fs::write("/tmp/u102.img", udf_image(files, "rd_rdfe_stable.230101-1234", UdfLayout::V102)).unwrap();
-        std::fs::write("/tmp/u250.img", udf_image(files, "rd_rdfe_stable.230101-1234", UdfLayout::V250)).unwrap();
-        std::fs::write("/tmp/iso.img", iso9660_image(files, "rd_rdfe_stable.230101-1234", true)).unwrap();
+    fn dvd_udf_v102_roundtrip() {
+        check_udf_roundtrip(&fixture(), LABEL, UdfLayout::V102);
+    }
+
+    #[test]
+    fn dvd_udf_v250_roundtrip() {
+        let img = check_udf_roundtrip(&fixture(), LABEL, UdfLayout::V250);
+        // Small files are embedded, the others are in the physical partition (long_ad, partref 0).
+        let udf = Udf::open(&img);
+        let Part::Meta(exts) = &udf.parts[1] else { panic!("no metadata partition") };
+        let meta_first = exts[0].1;
+        let ovf = ovf_xml();
+        let pos = img.windows(64).position(|w| w == &ovf[..64]).unwrap() / SS;
+        assert!(pos as u32 >= meta_first + 2 * exts[0].0 as u32 / 2048, "file data after metadata + mirror");
+    }
+
+    #[test]
+    fn dvd_udf_edge_cases_roundtrip_and_deterministic() {
+        let long_name = "n".repeat(300);
+        let wide_name = "字".repeat(200);
+        let long_label = "L".repeat(200);
+        for layout in [UdfLayout::V102, UdfLayout::V250] {
+            // Empty file list.
+            let img = check_udf_roundtrip(&[], LABEL, layout);
+            assert_eq!(img, udf_image(&[], LABEL, layout), "deterministic");
+            // Empty label.
+            check_udf_roundtrip(&[("a".into(), b"x".to_vec())], "", layout);
+            // Names beyond 255 bytes are truncated; separators replaced; long labels truncated.
+            let files: Vec<(&str, &[u8])> =
+                vec![(&long_name, b"long"), (&wide_name, b"wide"), ("a/b", b"slash"), ("", b"empty name")];
+            let img = udf_image(&files, &long_label, layout);
+            assert_eq!(img, udf_image(&files, &long_label, layout), "deterministic");
+            let udf = Udf::open(&img);
+            assert_eq!(udf.label, "L".repeat(126));
+            let names: Vec<String> = udf.root()[1..].iter().map(|e| e.name.clone()).collect();
+            assert_eq!(names, vec!["n".repeat(254), "字".repeat(127), "a_b".into(), "_".into()]);
+            // Many files: the directory spans several blocks.
+            let many: Vec<(String, Vec<u8>)> =
+                (0..120).map(|i| (format!("file-{i:03}-{}", "x".repeat(40)), vec![i as u8; i * 37])).collect();
+            check_udf_roundtrip(&many, LABEL, layout);
+        }
+    }
+
+    #[test]
+    fn dvd_crc_and_tag_basics() {
+        assert_eq!(crc_ccitt(b"123456789"), 0x31C3);
+        assert_eq!(crc_ref(b"123456789"), 0x31C3);
+        let mut d = vec![0u8; 512];
+        d[100] = 7;
+        finish_tag(&mut d, 8, 2, 1234);
+        check_tag(&d, 8, 1234);
+        assert_eq!(dchars("ab", 255), vec![8, b'a', b'b']);
+        assert_eq!(dchars("é", 255), vec![8, 0xE9]);
+        assert_eq!(dchars("€", 255), vec![16, 0x20, 0xAC]);
+        assert_eq!(iso_plain_name("ovf-env.xml"), b"OVF_ENV.XML;1");
+        assert_eq!(iso_plain_name("README"), b"README.;1");
+        assert_eq!(iso_plain_name("a.b.c"), b"A_B.C;1");
+        assert!(iso_sort_key(b"AB.;1") < iso_sort_key(b"AB2.;1"));
+        assert!(iso_sort_key(b"A.Z;1") < iso_sort_key(b"AB.A;1"));
+    }
+
+    // -----------------------------------------------------------------------------------------------------
+    // ISO9660 read-back
+    // -----------------------------------------------------------------------------------------------------
+
+    /// (name, content) of the root directory of the PVD (`joliet = false`) or the Joliet SVD.
+    fn iso_root(img: &[u8], joliet: bool) -> Option<Vec<(String, Vec<u8>)>> {
+        let mut s = 16;
+        loop {
+            let d = &img[s * SS..(s + 1) * SS];
+            assert_eq!(&d[1..6], b"CD001");
+            match d[0] {
+                255 => return None,
+                1 if !joliet => break,
+                2 if joliet && &d[88..91] == b"%/E" => break,
+                _ => {}
+            }
+            s += 1;
+        }
+        let d = &img[s * SS..(s + 1) * SS];
+        assert_eq!(r16(d, 128), 2048);
+        assert_eq!(r32(d, 80) as usize * SS, img.len(), "volume space size");
+        let root = &d[156..190];
+        let (ext, len) = (r32(root, 2) as usize, r32(root, 10) as usize);
+        let dir = &img[ext * SS..ext * SS + len];
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off < dir.len() {
+            let l = dir[off] as usize;
+            if l == 0 {
+                off = (off / SS + 1) * SS;
+                continue;
+            }
+            let r = &dir[off..off + l];
+            assert!((off % SS) + l <= SS, "record straddles a sector");
+            let name = &r[33..33 + r[32] as usize];
+            if name != [0] && name != [1] {
+                let name = if joliet {
+                    name.chunks(2)
+                        .map(|p| char::from_u32(u32::from(u16::from_be_bytes([p[0], p[1]]))).unwrap())
+                        .collect()
+                } else {
+                    String::from_utf8(name.to_vec()).unwrap()
+                };
+                let (e, n) = (r32(r, 2) as usize, r32(r, 10) as usize);
+                out.push((name, img[e * SS..e * SS + n].to_vec()));
+            }
+            off += l;
+        }
+        Some(out)
+    }
+
+    #[test]
+    fn dvd_iso_roundtrip() {
+        let files = fixture();
+        let img = iso9660_image(&as_refs(&files), LABEL, true);
+        assert_eq!(img, iso9660_image(&as_refs(&files), LABEL, true), "deterministic");
+        let plain: BTreeMap<String, Vec<u8>> = iso_root(&img, false).unwrap().into_iter().collect();
+        assert_eq!(plain["OVF_ENV.XML;1"], ovf_xml());
+        assert_eq!(plain["BLOB.BIN;1"], big());
+        assert_eq!(plain["EMPTY.;1"], b"");
+        let jol: BTreeMap<String, Vec<u8>> = iso_root(&img, true).unwrap().into_iter().collect();
+        for (n, d) in &files {
+            assert_eq!(&jol[&format!("{n};1")], d, "{n}");
+        }
+        let no_joliet = iso9660_image(&as_refs(&files), LABEL, false);
+        assert!(iso_root(&no_joliet, true).is_none());
+        assert_eq!(iso_root(&no_joliet, false).unwrap().len(), files.len());
+        // Edge cases: no files, long names and label, many files (directory over several sectors).
+        for j in [false, true] {
+            let img = iso9660_image(&[], "", j);
+            assert!(iso_root(&img, false).unwrap().is_empty());
+            let long = "x".repeat(300);
+            let img = iso9660_image(&[(&long, b"1"), ("a/b", b"2")], &"L".repeat(99), j);
+            assert_eq!(iso_root(&img, false).unwrap().len(), 2);
+            let many: Vec<(String, Vec<u8>)> =
+                (0..150).map(|i| (format!("file-number-{i:04}.txt"), vec![i as u8; i])).collect();
+            let img = iso9660_image(&as_refs(&many), LABEL, j);
+            let root = iso_root(&img, j).unwrap();
+            assert_eq!(root.len(), 150);
+            assert!(root.iter().all(|(_, d)| d.len() == d.first().map_or(0, |&b| b as usize)));
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------------------
+    // External tools
+    // -----------------------------------------------------------------------------------------------------
+
+    fn find_tool(name: &str) -> Option<PathBuf> {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].iter().map(PathBuf::from))
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    }
+
+    /// The tool's path; `None` (skip, with a reason) when absent, unless AZPROV_REQUIRE_SHARED=1.
+    fn tool(name: &str) -> Option<PathBuf> {
+        let found = find_tool(name);
+        if found.is_none() {
+            if std::env::var("AZPROV_REQUIRE_SHARED").as_deref() == Ok("1") {
+                panic!("AZPROV_REQUIRE_SHARED=1 but `{name}` is not installed");
+            }
+            eprintln!("skipping: `{name}` is not installed (set AZPROV_REQUIRE_SHARED=1 to make this fatal)");
+        }
+        found
+    }
+
+    fn run(tool: &Path, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(tool).args(args).output().expect("run tool");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn run_bytes(tool: &Path, args: &[&str]) -> Vec<u8> {
+        let out = Command::new(tool).args(args).output().expect("run tool");
+        assert!(out.status.success(), "{} {args:?}: {}", tool.display(), String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    }
+
+    fn write_img(dir: &Path, name: &str, img: &[u8]) -> String {
+        let p = dir.join(name);
+        std::fs::write(&p, img).unwrap();
+        p.to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn dvd_udfinfo_parses_both_layouts() {
+        let Some(udfinfo) = tool("udfinfo") else { return };
+        let tmp = tempfile::tempdir().unwrap();
+        let files = fixture();
+        for (layout, rev) in [(UdfLayout::V102, "1.02"), (UdfLayout::V250, "2.50")] {
+            for (i, f) in [files.clone(), Vec::new()].iter().enumerate() {
+                let img = udf_image(&as_refs(f), LABEL, layout);
+                let p = write_img(tmp.path(), &format!("{layout:?}-{i}.udf"), &img);
+                let (ok, out, err) = run(&udfinfo, &[&p]);
+                assert!(ok, "udfinfo failed on {layout:?}: {err}\n{out}");
+                assert!(err.trim().is_empty(), "udfinfo complained on {layout:?}: {err}");
+                assert!(out.lines().any(|l| l == format!("label={LABEL}")), "{out}");
+                assert!(out.lines().any(|l| l == format!("udfrev={rev}")), "{out}");
+                assert!(out.lines().any(|l| l == format!("udfwriterev={rev}")), "{out}");
+                assert!(out.lines().any(|l| l == format!("numfiles={}", f.len())), "{out}");
+                assert!(out.lines().any(|l| l == "integrity=closed"), "{out}");
+                assert!(out.lines().any(|l| l == "blocksize=2048"), "{out}");
+                assert!(out.lines().any(|l| l == format!("blocks={}", img.len() / SS)), "{out}");
+            }
+        }
+    }
+
+    #[test]
+    fn dvd_blkid_probes_udf_label_and_version() {
+        let Some(blkid) = tool("blkid") else { return };
+        let tmp = tempfile::tempdir().unwrap();
+        for (layout, rev) in [(UdfLayout::V102, "1.02"), (UdfLayout::V250, "2.50")] {
+            let img = udf_image(&as_refs(&fixture()), LABEL, layout);
+            let p = write_img(tmp.path(), &format!("{layout:?}.udf"), &img);
+            let (ok, out, err) = run(&blkid, &["-p", "-o", "export", &p]);
+            assert!(ok, "blkid: {err}");
+            assert!(out.lines().any(|l| l == "TYPE=udf"), "{out}");
+            assert!(out.lines().any(|l| l == format!("LABEL={LABEL}")), "{out}");
+            assert!(out.lines().any(|l| l == format!("VERSION={rev}")), "{out}");
+        }
+    }
+
+    /// 7-Zip has its own UDF reader (including the 2.50 metadata partition). It is an optional extra
+    /// check: skipped when `7zz` is absent, whatever AZPROV_REQUIRE_SHARED says.
+    #[test]
+    fn dvd_7zip_extracts_udf_files() {
+        let Some(sevenzip) = find_tool("7zz").or_else(|| find_tool("7z")) else {
+            eprintln!("skipping: 7-Zip (7zz) is not installed; optional check");
+            return;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let files = fixture();
+        for layout in [UdfLayout::V102, UdfLayout::V250] {
+            let p = write_img(tmp.path(), &format!("{layout:?}.udf"), &udf_image(&as_refs(&files), LABEL, layout));
+            let (ok, out, err) = run(&sevenzip, &["l", "-tUdf", &p]);
+            assert!(ok, "7z l: {err}\n{out}");
+            assert!(!out.contains("Warnings") && !out.contains("ERROR"), "{out}");
+            for (name, data) in &files {
+                let got = run_bytes(&sevenzip, &["e", "-tUdf", "-so", &p, name]);
+                assert!(&got == data, "7z extracted different bytes for {name} ({layout:?})");
+            }
+        }
+    }
+
+    #[test]
+    fn dvd_isoinfo_lists_and_extracts() {
+        let Some(isoinfo) = tool("isoinfo") else { return };
+        let tmp = tempfile::tempdir().unwrap();
+        let files = fixture();
+        let ovf = ovf_xml();
+        let p = write_img(tmp.path(), "dvd.iso", &iso9660_image(&as_refs(&files), LABEL, true));
+        let (ok, out, err) = run(&isoinfo, &["-d", "-i", &p]);
+        assert!(ok, "{err}");
+        assert!(out.contains(&format!("Volume id: {LABEL}")), "{out}");
+        assert!(out.contains("Joliet with UCS level 3 found"), "{out}");
+        let (ok, out, err) = run(&isoinfo, &["-i", &p, "-l"]);
+        assert!(ok, "{err}");
+        for n in ["OVF_ENV.XML;1", "BLOB.BIN;1", "TINY.TXT;1", "EMPTY.;1"] {
+            assert!(out.contains(n), "{n} missing from\n{out}");
+        }
+        let (ok, out, err) = run(&isoinfo, &["-i", &p, "-J", "-l"]);
+        assert!(ok, "{err}");
+        // isoinfo converts names to the locale's character set: check the ASCII ones.
+        for (n, _) in files.iter().filter(|(n, _)| n.is_ascii()) {
+            assert!(out.contains(&format!("{n};1")), "{n} missing from\n{out}");
+        }
+        assert_eq!(run_bytes(&isoinfo, &["-i", &p, "-J", "-x", "/ovf-env.xml;1"]), ovf);
+        assert_eq!(run_bytes(&isoinfo, &["-i", &p, "-J", "-x", "/blob.bin;1"]), big());
+        assert_eq!(run_bytes(&isoinfo, &["-i", &p, "-x", "/OVF_ENV.XML;1"]), ovf);
+
+        let p = write_img(tmp.path(), "plain.iso", &iso9660_image(&as_refs(&files), LABEL, false));
+        let (ok, out, err) = run(&isoinfo, &["-d", "-i", &p]);
+        assert!(ok, "{err}");
+        assert!(out.contains("NO Joliet present"), "{out}");
+        assert_eq!(run_bytes(&isoinfo, &["-i", &p, "-x", "/OVF_ENV.XML;1"]), ovf);
+        let p = write_img(tmp.path(), "empty.iso", &iso9660_image(&[], LABEL, true));
+        let (ok, _, err) = run(&isoinfo, &["-i", &p, "-J", "-l"]);
+        assert!(ok, "{err}");
     }
 }
