@@ -13,14 +13,20 @@
 //! | 48..64      | reserve VDS (same descriptors, own tag locations)                         |
 //! | 64, 65      | LVID (closed), TD                                                         |
 //! | 256         | AVDP                                                                      |
-//! | 257..N-1    | partition 0 (type-1 map)                                                  |
-//! | N-1         | AVDP                                                                      |
+//! | 257..N-1    | partition 0 (type-1 map), read-only, no space bitmap                      |
+//! | N-1         | AVDP (no N-256 anchor: it would fall inside the partition)                |
 //!
-//! V102 partition: FSD, TD, root File Entry, root directory FIDs, one File Entry per file (short_ad), data.
-//! V250 partition: Metadata File EFE (type 250) at block 0, Metadata Mirror File EFE (251) at block 1, the
-//! metadata extent and its duplicate (mirror), then file data. The metadata partition (map 1) holds FSD,
-//! TD, root EFE, root directory FIDs and one EFE per file; file data is referenced with long_ad into
-//! partition 0, except files of at most [`UDF_EMBED_MAX`] bytes, which are embedded in their EFE.
+//! V102 partition blocks: FSD 0, TD 1, root File Entry 2, root directory FIDs from 3 (parent entry first),
+//! one File Entry per file (short_ad), then file data. Descriptor version 2.
+//! V250 partition blocks: Metadata File EFE (type 250) at 0, Metadata Mirror File EFE (251) at 1, the
+//! metadata extent at 32 (a multiple of 32 blocks) followed by its byte-identical mirror (duplicate flag
+//! set, no bitmap file), then file data. The metadata partition (map 1) holds, at the same relative blocks
+//! as V102, FSD, TD, root EFE, root directory FIDs and one EFE per file; file data is referenced with
+//! long_ad into partition 0 (short_ad would point into the metadata partition), except files of at most
+//! [`UDF_EMBED_MAX`] bytes, which are embedded in their EFE. Descriptor version 3.
+//!
+//! Names are OSTA CS0 (compression id 8 when every character is Latin-1, else 16 with UCS-2BE); file
+//! names are truncated to 255 bytes, `/`, `\` and NUL become `_`, empty names become `_`.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UdfLayout {
@@ -542,7 +548,14 @@ pub fn udf_image(files: &[(&str, &[u8])], label: &str, layout: UdfLayout) -> Vec
     let part_len = next;
     let total = PART_START + part_len + 1;
 
-    let vsid = format!("{:016x}azprov-sim", fnv1a(&[label.as_bytes()]));
+    // UDF 2.2.2.5: the first 16 characters are a unique value in hex; derived from the content so that
+    // images are deterministic but differ when their files do.
+    let mut hash_parts: Vec<&[u8]> = vec![label.as_bytes()];
+    for (name, data) in files {
+        hash_parts.push(name.as_bytes());
+        hash_parts.push(data);
+    }
+    let vsid = format!("{:016x}azprov-sim", fnv1a(&hash_parts));
     let info = VolumeInfo {
         label,
         v250,
@@ -1062,6 +1075,7 @@ mod tests {
         characteristics: u8,
         data: Vec<u8>,
         tag_id: u16,
+        ad_type: u16,
     }
 
     impl<'a> Udf<'a> {
@@ -1186,8 +1200,8 @@ mod tests {
             (pds, lvd.expect("no LVD"))
         }
 
-        /// Reads an (E)FE: (tag id, file type, content).
-        fn read_icb(&self, partref: u16, lbn: u32) -> (u16, u8, Vec<u8>) {
+        /// Reads an (E)FE: (tag id, file type, content, allocation descriptor type).
+        fn read_icb(&self, partref: u16, lbn: u32) -> (u16, u8, Vec<u8>, u16) {
             let d = self.sector(self.abs(partref, lbn));
             let id = r16(d, 0);
             let hdr = match id {
@@ -1219,7 +1233,7 @@ mod tests {
                 t => panic!("allocation type {t}"),
             }
             assert_eq!(out.len(), size, "information length");
-            (id, d[27], out)
+            (id, d[27], out, r16(d, 34) & 7)
         }
 
         fn root(&self) -> Vec<Entry> {
@@ -1233,7 +1247,7 @@ mod tests {
             check_tag(&fsd[..512], 256, fsd_ad.0);
             assert_eq!(&fsd[417..436], b"*OSTA UDF Compliant");
             let (root_lbn, root_ref) = (r32(fsd, 404), r16(fsd, 408));
-            let (_, ft, dir) = self.read_icb(root_ref, root_lbn);
+            let (_, ft, dir, _) = self.read_icb(root_ref, root_lbn);
             assert_eq!(ft, 4);
             // Directory data of these images is one contiguous extent right after the root ICB... but do
             // not rely on it: locate each FID's block by searching its tag location within the stream.
@@ -1256,11 +1270,11 @@ mod tests {
                 let characteristics = f[18];
                 if characteristics & 0x08 != 0 {
                     assert_eq!((icb_lbn, icb_ref), (root_lbn, root_ref), "parent of root is root");
-                    out.push(Entry { name, characteristics, data: Vec::new(), tag_id: 0 });
+                    out.push(Entry { name, characteristics, data: Vec::new(), tag_id: 0, ad_type: 0 });
                 } else {
-                    let (tag_id, ft, data) = self.read_icb(icb_ref, icb_lbn);
+                    let (tag_id, ft, data, ad_type) = self.read_icb(icb_ref, icb_lbn);
                     assert_eq!(ft, 5);
-                    out.push(Entry { name, characteristics, data, tag_id });
+                    out.push(Entry { name, characteristics, data, tag_id, ad_type });
                 }
                 off += len;
             }
@@ -1288,6 +1302,15 @@ mod tests {
             assert!(gd == wd, "content of {wn} differs");
         }
         assert!(entries[1..].iter().all(|e| e.tag_id == fe_tag));
+        // V102: short_ad everywhere. V250: long_ad into the physical partition, tiny files embedded.
+        for e in &entries[1..] {
+            let want = match layout {
+                UdfLayout::V102 => AD_SHORT,
+                UdfLayout::V250 if e.data.len() <= UDF_EMBED_MAX => AD_EMBEDDED,
+                UdfLayout::V250 => AD_LONG,
+            };
+            assert_eq!(e.ad_type, want, "allocation type of {}", e.name);
+        }
         img
     }
 
@@ -1433,6 +1456,52 @@ mod tests {
             let root = iso_root(&img, j).unwrap();
             assert_eq!(root.len(), 150);
             assert!(root.iter().all(|(_, d)| d.len() == d.first().map_or(0, |&b| b as usize)));
+        }
+    }
+
+    /// Pseudo-random names (control characters, separators, non-BMP) and sizes: no panic, deterministic,
+    /// and every file reads back in order.
+    #[test]
+    fn dvd_writers_total_on_random_input() {
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet: Vec<char> = "aZ09-._/\\\0;*?é字😀 \u{7f}\u{ffff}".chars().collect();
+        for _ in 0..40 {
+            let nfiles = (next() % 6) as usize;
+            let files: Vec<(String, Vec<u8>)> = (0..nfiles)
+                .map(|_| {
+                    let len = (next() % 300) as usize;
+                    let name: String = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+                    let size = (next() % 7000) as usize;
+                    (name, (0..size).map(|_| next() as u8).collect())
+                })
+                .collect();
+            let label: String =
+                (0..(next() % 80)).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+            for layout in [UdfLayout::V102, UdfLayout::V250] {
+                let img = udf_image(&as_refs(&files), &label, layout);
+                assert_eq!(img, udf_image(&as_refs(&files), &label, layout));
+                let entries = Udf::open(&img).root();
+                assert_eq!(entries.len(), files.len() + 1);
+                for (e, (_, d)) in entries[1..].iter().zip(&files) {
+                    assert!(&e.data == d);
+                    assert!(!e.name.is_empty() && !e.name.contains('/') && !e.name.contains('\0'));
+                }
+            }
+            for joliet in [false, true] {
+                let img = iso9660_image(&as_refs(&files), &label, joliet);
+                assert_eq!(img, iso9660_image(&as_refs(&files), &label, joliet));
+                let mut got: Vec<Vec<u8>> = iso_root(&img, joliet).unwrap().into_iter().map(|(_, d)| d).collect();
+                let mut want: Vec<Vec<u8>> = files.iter().map(|(_, d)| d.clone()).collect();
+                got.sort();
+                want.sort();
+                assert_eq!(got, want);
+            }
         }
     }
 
