@@ -312,6 +312,95 @@ pub(crate) mod tests {
         }
     }
 
+    /// One request as the scripted server saw it.
+    #[derive(Debug, Clone)]
+    pub struct Recorded {
+        pub method: String,
+        pub url: String,
+        pub headers: Vec<(String, String)>,
+        pub body: String,
+    }
+
+    impl Recorded {
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// A reply: status, headers, body.
+    pub type Reply = (u16, Vec<(&'static str, String)>, String);
+
+    /// A tiny_http server on 127.0.0.1:0 answering each request with `script(index, request)`; `None` stops it.
+    pub struct Scripted {
+        pub base: String,
+        server: std::sync::Arc<tiny_http::Server>,
+        handle: std::thread::JoinHandle<Vec<Recorded>>,
+    }
+
+    impl Scripted {
+        pub fn start(mut script: impl FnMut(usize, &Recorded) -> Option<Reply> + Send + 'static) -> Scripted {
+            let server = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+            let base = format!("http://{}", server.server_addr().to_ip().unwrap());
+            let srv = server.clone();
+            let handle = std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while let Ok(mut req) = srv.recv() {
+                    let mut body = String::new();
+                    let _ = req.as_reader().read_to_string(&mut body);
+                    let rec = Recorded {
+                        method: req.method().to_string(),
+                        url: req.url().to_string(),
+                        headers: req.headers().iter().map(|h| (h.field.to_string(), h.value.to_string())).collect(),
+                        body,
+                    };
+                    let reply = script(seen.len(), &rec);
+                    seen.push(rec);
+                    let Some((status, headers, body)) = reply else { break };
+                    let mut resp = tiny_http::Response::from_string(body).with_status_code(status);
+                    for (k, v) in headers {
+                        resp.add_header(tiny_http::Header::from_bytes(k, v.as_bytes()).unwrap());
+                    }
+                    let _ = req.respond(resp);
+                }
+                seen
+            });
+            Scripted { base, server, handle }
+        }
+
+        /// Stop the server and return what it saw.
+        pub fn finish(self) -> Vec<Recorded> {
+            self.server.unblock();
+            self.handle.join().unwrap()
+        }
+    }
+
+    /// A plain reply.
+    pub fn reply(status: u16, body: &str) -> Option<Reply> {
+        Some((status, Vec::new(), body.to_string()))
+    }
+
+    /// A port on 127.0.0.1 where nothing listens.
+    pub fn closed_port() -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    /// A listener that accepts connections and never answers, for `hold` each.
+    pub fn silent_server(hold: Duration) -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { break };
+                std::thread::spawn(move || {
+                    std::thread::sleep(hold);
+                    drop(s);
+                });
+            }
+        });
+        port
+    }
+
     fn policy() -> RetryPolicy {
         RetryPolicy {
             deadline: Duration::from_secs(10),
@@ -429,10 +518,7 @@ pub(crate) mod tests {
 
     #[test]
     fn refused_port_is_connect_error() {
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let port = closed_port();
         let e = client().get(&format!("http://127.0.0.1:{port}/"), &[]).unwrap_err();
         assert!(matches!(e, TransportError::Connect(_)), "{e:?}");
     }
