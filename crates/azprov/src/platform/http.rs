@@ -167,7 +167,9 @@ pub enum TransportError {
     Other(String),
 }
 
-/// Blocking client: no proxy (environment ignored), no redirects.
+/// Blocking client: no proxy (environment ignored), no redirects, one connection per request, any status
+/// returned as a [`Response`], bodies capped at [`MAX_BODY_BYTES`]. The timeouts are fixed at construction
+/// (the fields are informational; changing them later has no effect).
 pub struct HttpClient {
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -264,9 +266,10 @@ fn map_io(e: &io::Error) -> TransportError {
         | K::AddrNotAvailable
         | K::AddrInUse => TransportError::Connect(e.to_string()),
         _ => {
-            let unreachable = [rustix::io::Errno::NETUNREACH, rustix::io::Errno::HOSTUNREACH, rustix::io::Errno::NETDOWN]
-                .iter()
-                .any(|x| e.raw_os_error() == Some(x.raw_os_error()));
+            let unreachable =
+                [rustix::io::Errno::NETUNREACH, rustix::io::Errno::HOSTUNREACH, rustix::io::Errno::NETDOWN]
+                    .iter()
+                    .any(|x| e.raw_os_error() == Some(x.raw_os_error()));
             if unreachable {
                 TransportError::Connect(e.to_string())
             } else {
