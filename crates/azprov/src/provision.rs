@@ -199,13 +199,11 @@ impl Run<'_> {
         // IMDS runs on its own thread while the DVD is read and the local duties run.
         let network = self.opts.phase.network();
         let client = imds_client(self.cfg);
-        let icfg = ImdsConfig {
-            base_url: self.cfg.platform.imds_url.clone(),
-            deadline: if self.opts.dry_run {
-                Duration::from_millis(self.cfg.platform.detect_timeout_ms)
-            } else {
-                Duration::from_secs(self.cfg.platform.imds_deadline_secs)
-            },
+        let mut icfg = ImdsConfig::new(self.cfg.platform.imds_url.clone());
+        icfg.deadline = if self.opts.dry_run {
+            Duration::from_millis(self.cfg.platform.detect_timeout_ms)
+        } else {
+            Duration::from_secs(self.cfg.platform.imds_deadline_secs)
         };
         let clock = self.clock;
         std::thread::scope(|s| {
@@ -488,13 +486,14 @@ impl Run<'_> {
     }
 
     fn wire_config(&self) -> WireConfig {
-        WireConfig {
-            base_url: self.cfg.platform.wireserver_url.clone(),
-            protocol: self.cfg.platform.health_protocol,
-            deadline: self.started + Duration::from_secs(self.cfg.platform.wireserver_deadline_secs),
-            connect_timeout: Duration::from_secs(self.cfg.platform.connect_timeout_secs),
-            read_timeout: Duration::from_secs(self.cfg.platform.wireserver_read_timeout_secs),
-        }
+        let mut w = WireConfig::new(
+            self.cfg.platform.wireserver_url.clone(),
+            self.cfg.platform.health_protocol,
+            self.started + Duration::from_secs(self.cfg.platform.wireserver_deadline_secs),
+        );
+        w.connect_timeout = Duration::from_secs(self.cfg.platform.connect_timeout_secs);
+        w.read_timeout = Duration::from_secs(self.cfg.platform.wireserver_read_timeout_secs);
+        w
     }
 
     fn write_kvp(&mut self, report_value: &str) {
@@ -509,12 +508,9 @@ impl Run<'_> {
     }
 
     fn post(&mut self, health: &Health) -> Result<(), String> {
-        let client = HttpClient::new(
-            Duration::from_secs(self.cfg.platform.connect_timeout_secs),
-            Duration::from_secs(self.cfg.platform.wireserver_read_timeout_secs),
-        );
+        let wcfg = self.wire_config();
         let t = self.clock.now();
-        let res = wireserver::report_health(&client, &self.wire_config(), self.clock, health);
+        let res = wireserver::report_health(&wcfg.client(), &wcfg, self.clock, health);
         let name = if matches!(health, Health::Ready) { "report_ready" } else { "report_failure" };
         match res {
             Ok(o) => {
