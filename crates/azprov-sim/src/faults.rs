@@ -180,11 +180,8 @@ mod tests {
 
     #[test]
     fn cursor_consumes_steps_and_holds_status_for() {
-        let mut c = Cursor::new(vec![
-            FaultStep::Drop,
-            FaultStep::StatusFor { code: 410, ms: 100 },
-            FaultStep::Malformed,
-        ]);
+        let mut c =
+            Cursor::new(vec![FaultStep::Drop, FaultStep::StatusFor { code: 410, ms: 100 }, FaultStep::Malformed]);
         let t0 = Instant::now();
         assert_eq!(c.take(t0), Some(FaultStep::Drop));
         assert_eq!(c.take(t0), Some(FaultStep::StatusFor { code: 410, ms: 100 }));

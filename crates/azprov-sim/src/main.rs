@@ -12,7 +12,11 @@ use azprov_sim::server::Simulator;
 use azprov_sim::vm::VmDefinition;
 
 #[derive(Parser)]
-#[command(name = "azprov-sim", version, about = "Local simulator of the Azure platform for testing azprov (loopback only)")]
+#[command(
+    name = "azprov-sim",
+    version,
+    about = "Local simulator of the Azure platform for testing azprov (loopback only)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

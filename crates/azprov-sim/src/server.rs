@@ -250,7 +250,7 @@ impl Simulator {
         self.addr
     }
 
-    /// Every request received so far, in arrival order.
+    /// Every request handled so far, in the order they were answered (or closed by a fault); `ms` gives arrival.
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.shared.lock().requests.clone()
     }
@@ -449,7 +449,8 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        let hex =
+            b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
         match (b[i], hex) {
             (b'%', Some(v)) => {
                 out.push(v);
@@ -762,13 +763,12 @@ fn handle(shared: &Shared, req: &Request, endpoint: Endpoint) -> Outcome {
 // ---------------------------------------------------------------------------------------------------------------------
 // IMDS
 
-fn imds_common_checks(req: &Request) -> Result<(), Outcome> {
-    let e = Endpoint::ImdsInstance;
+fn imds_common_checks(req: &Request) -> Result<(), String> {
     if req.header("x-forwarded-for").is_some() {
-        return Err(reject(e, 400, "Bad request. Request must not contain the X-Forwarded-For header"));
+        return Err("Bad request. Request must not contain the X-Forwarded-For header".into());
     }
     if !req.header("metadata").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
-        return Err(reject(e, 400, "Bad request. Required metadata header not specified"));
+        return Err("Bad request. Required metadata header not specified".into());
     }
     Ok(())
 }
@@ -778,8 +778,8 @@ fn newest_versions() -> Vec<&'static str> {
 }
 
 fn imds_instance(shared: &Shared, req: &Request) -> Outcome {
-    if let Err(o) = imds_common_checks(req) {
-        return o;
+    if let Err(why) = imds_common_checks(req) {
+        return reject(Endpoint::ImdsInstance, 400, why);
     }
     let bad_version = |msg: &str| {
         let mut o = reject(Endpoint::ImdsInstance, 400, msg);
@@ -787,11 +787,9 @@ fn imds_instance(shared: &Shared, req: &Request) -> Outcome {
         o
     };
     let version = match req.query("api-version") {
-        None | Some("") => {
-            return bad_version(
-                "Bad request. api-version was not specified in the request. For more information refer to aka.ms/azureimds",
-            )
-        }
+        None | Some("") => return bad_version(
+            "Bad request. api-version was not specified in the request. For more information refer to aka.ms/azureimds",
+        ),
         Some(v) if !IMDS_API_VERSIONS.contains(&v) => {
             return bad_version(
                 "Bad request. api-version is invalid or was not specified in the request. For more information refer \
@@ -814,8 +812,8 @@ fn imds_instance(shared: &Shared, req: &Request) -> Outcome {
 }
 
 fn imds_versions(req: &Request) -> Outcome {
-    if let Err(o) = imds_common_checks(req) {
-        return o;
+    if let Err(why) = imds_common_checks(req) {
+        return reject(Endpoint::ImdsInstance, 400, why);
     }
     Outcome::ok(Response::new(200, JSON, json!({ "apiVersions": IMDS_API_VERSIONS }).to_string()))
 }
@@ -911,7 +909,13 @@ pub fn goal_state_xml(vm: &VmDefinition, base_url: &str) -> String {
     let instance_url: String = vm
         .role_instance_id
         .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect();
     let base = format!("{base_url}/machine/{}/{}", vm.container_id, instance_url);
     let cfg = |kind: &str| xml_escape(&format!("{base}?comp=config&type={kind}&incarnation={n}"));
@@ -957,31 +961,35 @@ pub fn goal_state_xml(vm: &VmDefinition, base_url: &str) -> String {
     )
 }
 
+fn has_value(req: &Request, header: &str) -> bool {
+    req.header(header).is_some_and(|v| !v.trim().is_empty())
+}
+
 /// The `x-ms-version` and `x-ms-agent-name` every wireserver call but `comp=versions` carries (platform.md §5.2).
-fn wire_headers(req: &Request, endpoint: Endpoint) -> Result<(), Outcome> {
+fn wire_headers(req: &Request) -> Result<(), String> {
     match req.header("x-ms-version") {
         Some(WIRESERVER_VERSION) => {}
-        Some(v) => return Err(reject(endpoint, 400, format!("unsupported x-ms-version {v:?}"))),
-        None => return Err(reject(endpoint, 400, "missing x-ms-version header")),
+        Some(v) => return Err(format!("unsupported x-ms-version {v:?}")),
+        None => return Err("missing x-ms-version header".into()),
     }
-    if !req.header("x-ms-agent-name").is_some_and(|v| !v.trim().is_empty()) {
-        return Err(reject(endpoint, 400, "missing x-ms-agent-name header"));
+    if !has_value(req, "x-ms-agent-name") {
+        return Err("missing x-ms-agent-name header".into());
     }
     Ok(())
 }
 
-fn xml_post_checks(req: &Request, endpoint: Endpoint) -> Result<String, Outcome> {
-    wire_headers(req, endpoint)?;
+fn xml_post_checks(req: &Request) -> Result<String, String> {
+    wire_headers(req)?;
     let ct = req.header("content-type").unwrap_or("");
     if !ct.to_ascii_lowercase().starts_with("text/xml") {
-        return Err(reject(endpoint, 400, format!("expected Content-Type text/xml, got {ct:?}")));
+        return Err(format!("expected Content-Type text/xml, got {ct:?}"));
     }
-    String::from_utf8(req.body.clone()).map_err(|_| reject(endpoint, 400, "body is not UTF-8"))
+    String::from_utf8(req.body.clone()).map_err(|_| "body is not UTF-8".to_string())
 }
 
 fn goal_state(shared: &Shared, req: &Request) -> Outcome {
-    if let Err(o) = wire_headers(req, Endpoint::GoalState) {
-        return o;
+    if let Err(why) = wire_headers(req) {
+        return reject(Endpoint::GoalState, 400, why);
     }
     let vm = shared.lock().vm.clone();
     Outcome::ok(Response::new(200, XML, goal_state_xml(&vm, &shared.base_url)))
@@ -989,8 +997,8 @@ fn goal_state(shared: &Shared, req: &Request) -> Outcome {
 
 fn certificates(shared: &Shared, req: &Request) -> Outcome {
     let e = Endpoint::Certificates;
-    if let Err(o) = wire_headers(req, e) {
-        return o;
+    if let Err(why) = wire_headers(req) {
+        return reject(e, 400, why);
     }
     let cert = req.header("x-ms-guest-agent-public-x509-cert").unwrap_or("");
     if cert.is_empty() || base64::engine::general_purpose::STANDARD.decode(cert).is_err() {
@@ -1015,9 +1023,9 @@ fn certificates(shared: &Shared, req: &Request) -> Outcome {
 
 fn xml_health(shared: &Shared, req: &Request) -> Outcome {
     let e = Endpoint::Health;
-    let body = match xml_post_checks(req, e) {
+    let body = match xml_post_checks(req) {
         Ok(b) => b,
-        Err(o) => return o,
+        Err(why) => return reject(e, 400, why),
     };
     let parsed = match xml::parse(&body).and_then(|root| parse_health(&root)) {
         Ok(p) => p,
@@ -1105,7 +1113,7 @@ struct JsonHealthDetails {
 
 fn json_health(shared: &Shared, req: &Request) -> Outcome {
     let e = Endpoint::JsonHealth;
-    if !req.header("x-ms-guest-agent-name").is_some_and(|v| !v.trim().is_empty()) {
+    if !has_value(req, "x-ms-guest-agent-name") {
         return reject(e, 400, "missing x-ms-guest-agent-name header");
     }
     let ct = req.header("content-type").unwrap_or("");
@@ -1126,16 +1134,17 @@ fn json_health(shared: &Shared, req: &Request) -> Outcome {
     if description.as_ref().is_some_and(|d| d.len() > MAX_DESCRIPTION_BYTES) {
         return reject(e, 400, format!("invalid health report: description exceeds {MAX_DESCRIPTION_BYTES} bytes"));
     }
-    let report = HealthReport { state: body.state, sub_status, description, protocol: "json".into(), incarnation: None };
+    let report =
+        HealthReport { state: body.state, sub_status, description, protocol: "json".into(), incarnation: None };
     shared.lock().health.push(report.clone());
     Outcome { response: Response::new(200, JSON, Vec::new()), error: None, health: Some(report) }
 }
 
 fn role_properties(shared: &Shared, req: &Request) -> Outcome {
     let e = Endpoint::RoleProperties;
-    let body = match xml_post_checks(req, e) {
+    let body = match xml_post_checks(req) {
         Ok(b) => b,
-        Err(o) => return o,
+        Err(why) => return reject(e, 400, why),
     };
     let parsed = xml::parse(&body).and_then(|root| {
         root.expect_name("RoleProperties")?;
@@ -1330,9 +1339,7 @@ mod xml {
 
         fn name(&mut self) -> Result<String, String> {
             let r = self.rest();
-            let len = r
-                .find(|c: char| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
-                .unwrap_or(r.len());
+            let len = r.find(|c: char| !(c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))).unwrap_or(r.len());
             let name = &r[..len];
             if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '.') {
                 return Err(format!("invalid name at byte {}", self.pos));

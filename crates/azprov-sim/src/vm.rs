@@ -150,18 +150,21 @@ mod tests {
 
     #[test]
     fn gen1_product_uuid_is_byte_swapped() {
-        let vm = VmDefinition { vm_id: "91267c52-9f02-4cfe-b1f4-a4da7ebac2cf".into(), gen2: false, ..Default::default() };
+        let vm =
+            VmDefinition { vm_id: "91267c52-9f02-4cfe-b1f4-a4da7ebac2cf".into(), gen2: false, ..Default::default() };
         assert_eq!(vm.product_uuid(), "527c2691-029f-fe4c-b1f4-a4da7ebac2cf");
         // The swap is its own inverse.
         let back = VmDefinition { vm_id: vm.product_uuid(), ..vm.clone() };
         assert_eq!(back.product_uuid(), "91267c52-9f02-4cfe-b1f4-a4da7ebac2cf");
-        let upper = VmDefinition { vm_id: "D0DF4C54-4ECB-4A4B-9954-5BDF3ED5C3B8".into(), gen2: false, ..Default::default() };
+        let upper =
+            VmDefinition { vm_id: "D0DF4C54-4ECB-4A4B-9954-5BDF3ED5C3B8".into(), gen2: false, ..Default::default() };
         assert_eq!(upper.product_uuid(), "544cdfd0-cb4e-4b4a-9954-5bdf3ed5c3b8");
     }
 
     #[test]
     fn gen2_product_uuid_is_the_vm_id() {
-        let vm = VmDefinition { vm_id: "91267C52-9F02-4CFE-B1F4-A4DA7EBAC2CF".into(), gen2: true, ..Default::default() };
+        let vm =
+            VmDefinition { vm_id: "91267C52-9F02-4CFE-B1F4-A4DA7EBAC2CF".into(), gen2: true, ..Default::default() };
         assert_eq!(vm.product_uuid(), "91267c52-9f02-4cfe-b1f4-a4da7ebac2cf");
     }
 
