@@ -2,7 +2,12 @@
 //! the provisioning DVD — built from one VM definition, for tests and demos. Binds 127.0.0.1 only.
 
 pub mod dvd;
+pub mod faults;
 pub mod ovf;
 pub mod sandbox;
 pub mod server;
 pub mod vm;
+
+pub use faults::{FaultStep, Faults};
+pub use server::{HealthReport, RequestRecord, Simulator};
+pub use vm::VmDefinition;

@@ -1,1 +1,118 @@
-fn main() {}
+//! azprov-sim command line: serve the platform endpoints, write provisioning media, print documents.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use azprov_sim::dvd::{self, UdfLayout};
+use azprov_sim::faults::Faults;
+use azprov_sim::ovf::ovf_env_xml;
+use azprov_sim::server::Simulator;
+use azprov_sim::vm::VmDefinition;
+
+#[derive(Parser)]
+#[command(
+    name = "azprov-sim",
+    version,
+    about = "Local simulator of the Azure platform for testing azprov (loopback only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve IMDS and the wireserver on one loopback port until killed.
+    Serve {
+        /// VM definition (TOML); the built-in example VM when absent.
+        #[arg(long, value_name = "FILE.toml")]
+        vm: Option<PathBuf>,
+        /// Fault scripts (TOML, or JSON when the name ends in .json).
+        #[arg(long, value_name = "FILE.toml")]
+        faults: Option<PathBuf>,
+        /// Loopback address to listen on.
+        #[arg(long, value_name = "127.0.0.1:PORT", default_value = "127.0.0.1:0")]
+        listen: String,
+        /// Append every request as a JSON line to this file.
+        #[arg(long, value_name = "FILE.jsonl")]
+        log: Option<PathBuf>,
+    },
+    /// Write the provisioning DVD image (UDF with ovf-env.xml).
+    Media {
+        #[arg(long, value_name = "FILE.toml")]
+        vm: PathBuf,
+        #[arg(long, value_name = "IMG")]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value_t = Layout::Udf102)]
+        layout: Layout,
+    },
+    /// Print the ovf-env.xml of a VM definition.
+    Ovf {
+        #[arg(long, value_name = "FILE.toml")]
+        vm: PathBuf,
+    },
+    /// Print the built-in example VM definition as TOML.
+    ExampleVm,
+    // `demo` (an end-to-end run against the simulator) is added separately.
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Layout {
+    Udf102,
+    Udf250,
+}
+
+/// The DVD's volume label: the platform's labels start with `rd_rdfe_stable`.
+const MEDIA_LABEL: &str = "rd_rdfe_stable.240701-1523";
+
+fn load_vm(path: &Path) -> Result<VmDefinition> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    VmDefinition::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Serve { vm, faults, listen, log } => {
+            let vm = match vm {
+                Some(p) => load_vm(&p)?,
+                None => VmDefinition::default(),
+            };
+            let faults = match faults {
+                Some(p) => Faults::from_file(&p).map_err(anyhow::Error::msg)?,
+                None => Faults::none(),
+            };
+            let sim = Simulator::start_on(&listen, vm, faults).with_context(|| format!("listening on {listen}"))?;
+            if let Some(p) = log {
+                sim.set_request_log(&p).with_context(|| format!("opening {}", p.display()))?;
+            }
+            println!("{}", sim.url());
+            use std::io::Write as _;
+            std::io::stdout().flush()?;
+            loop {
+                std::thread::park();
+            }
+        }
+        Command::Media { vm, out, layout } => {
+            let vm = load_vm(&vm)?;
+            if vm.specialized {
+                bail!("a specialized VM gets no provisioning media");
+            }
+            let xml = ovf_env_xml(&vm);
+            let layout = match layout {
+                Layout::Udf102 => UdfLayout::V102,
+                Layout::Udf250 => UdfLayout::V250,
+            };
+            let image = dvd::udf_image(&[("ovf-env.xml", xml.as_bytes())], MEDIA_LABEL, layout);
+            if image.is_empty() {
+                bail!("the UDF writer produced no image (dvd::udf_image is not implemented yet)");
+            }
+            std::fs::write(&out, &image).with_context(|| format!("writing {}", out.display()))?;
+            eprintln!("wrote {} ({} bytes, label {MEDIA_LABEL})", out.display(), image.len());
+        }
+        Command::Ovf { vm } => print!("{}", ovf_env_xml(&load_vm(&vm)?)),
+        Command::ExampleVm => print!("{}", VmDefinition::default().to_toml().map_err(anyhow::Error::msg)?),
+    }
+    Ok(())
+}

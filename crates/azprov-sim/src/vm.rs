@@ -1,1 +1,212 @@
-//! vm
+//! The simulated VM: one definition from which the OVF, the IMDS document and the wireserver goal state are all built.
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the platform knows about one VM. Missing TOML keys take the values of [`VmDefinition::default`], except
+/// the optional ones (`password`, `custom_data`, `user_data`): absent means none, so that TOML can express "none".
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmDefinition {
+    /// OVF `HostName` and IMDS `osProfile.computerName`.
+    pub hostname: String,
+    /// OVF `UserName` and IMDS `osProfile.adminUsername`.
+    pub username: String,
+    /// OVF `UserPassword` (plaintext); never sent through IMDS.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// OpenSSH public-key lines.
+    pub ssh_keys: Vec<String>,
+    /// customData as text; the OVF carries it base64-encoded.
+    #[serde(default)]
+    pub custom_data: Option<String>,
+    pub disable_password_authentication: bool,
+    /// The VM id (a UUID), as IMDS `compute.vmId` shows it.
+    pub vm_id: String,
+    /// Hyper-V generation 2 (UEFI): `product_uuid` equals the VM id without a byte swap.
+    pub gen2: bool,
+    /// Goal-state incarnation.
+    pub incarnation: u32,
+    pub container_id: String,
+    /// `<guid>.<vm name>`.
+    pub role_instance_id: String,
+    /// OVF `ProvisionGuestAgent`.
+    pub provision_guest_agent: bool,
+    /// Specialized image: no `osProfile` in IMDS and no provisioning DVD.
+    pub specialized: bool,
+    /// IMDS `compute.userData` as text (served base64).
+    #[serde(default)]
+    pub user_data: Option<String>,
+    pub vm_size: String,
+    pub location: String,
+    /// Primary NIC MAC, 12 hex digits without separators.
+    pub mac_address: String,
+    pub private_ip: String,
+    /// `None`, `Running`, `Savable` or `PreprovisionedOSDisk`.
+    pub pps_type: String,
+}
+
+const DEMO_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIlJXvk9FW73Tb2ZY4fpfQw9OatLZhok0DFkY4rAWovn azureuser@azprov-demo";
+
+impl Default for VmDefinition {
+    fn default() -> Self {
+        VmDefinition {
+            hostname: "azprov-demo".into(),
+            username: "azureuser".into(),
+            password: Some("Azprov-Demo-Passw0rd!".into()),
+            ssh_keys: vec![DEMO_KEY.into()],
+            custom_data: Some("#!/bin/sh\necho hello\n".into()),
+            disable_password_authentication: false,
+            vm_id: "53538997-634e-42de-ac2c-0b90d17aa93c".into(),
+            gen2: true,
+            incarnation: 1,
+            container_id: "7d56e5c7-dec7-49bb-aaf1-1d89760b2f78".into(),
+            role_instance_id: "103efdde-3061-45f3-9800-8e2e6d8cf845.azprov-demo".into(),
+            provision_guest_agent: true,
+            specialized: false,
+            user_data: Some("azprov demo userData\n".into()),
+            vm_size: "Standard_D2s_v5".into(),
+            location: "westeurope".into(),
+            mac_address: "6045BDA1B2C3".into(),
+            private_ip: "10.0.0.4".into(),
+            pps_type: "None".into(),
+        }
+    }
+}
+
+impl VmDefinition {
+    /// Parses a TOML VM definition; unknown keys and malformed identifiers are errors that name the key.
+    pub fn from_toml(text: &str) -> Result<VmDefinition, String> {
+        let vm: VmDefinition = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        vm.validate()?;
+        Ok(vm)
+    }
+
+    /// The definition as TOML (round-trips through [`VmDefinition::from_toml`]).
+    pub fn to_toml(&self) -> Result<String, String> {
+        toml::to_string(self).map_err(|e| e.to_string())
+    }
+
+    /// Checks the fields the simulator itself depends on. Other values (over-long passwords, odd user names) are left
+    /// alone on purpose: they are how tests exercise the agent's own validation.
+    pub fn validate(&self) -> Result<(), String> {
+        if uuid_bytes(&self.vm_id).is_none() {
+            return Err(format!("vm_id: not a UUID: {:?}", self.vm_id));
+        }
+        if self.mac_address.len() != 12 || !self.mac_address.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("mac_address: expected 12 hex digits without separators, got {:?}", self.mac_address));
+        }
+        if self.private_ip.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(format!("private_ip: not an IPv4 address: {:?}", self.private_ip));
+        }
+        Ok(())
+    }
+
+    /// What `/sys/class/dmi/id/product_uuid` shows on this VM: the VM id on Gen2, the VM id with its first three fields
+    /// byte-reversed on Gen1 (SMBIOS 2.3 stores them little-endian). Lower-case.
+    pub fn product_uuid(&self) -> String {
+        let id = self.vm_id.to_ascii_lowercase();
+        if self.gen2 {
+            return id;
+        }
+        match uuid_bytes(&id) {
+            Some(mut b) => {
+                b[0..4].reverse();
+                b[4..6].reverse();
+                b[6..8].reverse();
+                format_uuid(&b)
+            }
+            None => id,
+        }
+    }
+
+    /// The VM (resource) name: the part of the role instance id after the first dot.
+    pub fn vm_name(&self) -> &str {
+        self.role_instance_id.split_once('.').map_or(self.hostname.as_str(), |(_, name)| name)
+    }
+}
+
+fn uuid_bytes(s: &str) -> Option<[u8; 16]> {
+    let groups: Vec<&str> = s.split('-').collect();
+    if groups.len() != 5 || groups.iter().map(|g| g.len()).ne([8, 4, 4, 4, 12]) {
+        return None;
+    }
+    let hex: String = groups.concat();
+    let mut out = [0u8; 16];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn format_uuid(b: &[u8; 16]) -> String {
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gen1_product_uuid_is_byte_swapped() {
+        let vm =
+            VmDefinition { vm_id: "91267c52-9f02-4cfe-b1f4-a4da7ebac2cf".into(), gen2: false, ..Default::default() };
+        assert_eq!(vm.product_uuid(), "527c2691-029f-fe4c-b1f4-a4da7ebac2cf");
+        // The swap is its own inverse.
+        let back = VmDefinition { vm_id: vm.product_uuid(), ..vm.clone() };
+        assert_eq!(back.product_uuid(), "91267c52-9f02-4cfe-b1f4-a4da7ebac2cf");
+        let upper =
+            VmDefinition { vm_id: "D0DF4C54-4ECB-4A4B-9954-5BDF3ED5C3B8".into(), gen2: false, ..Default::default() };
+        assert_eq!(upper.product_uuid(), "544cdfd0-cb4e-4b4a-9954-5bdf3ed5c3b8");
+    }
+
+    #[test]
+    fn gen2_product_uuid_is_the_vm_id() {
+        let vm =
+            VmDefinition { vm_id: "91267C52-9F02-4CFE-B1F4-A4DA7EBAC2CF".into(), gen2: true, ..Default::default() };
+        assert_eq!(vm.product_uuid(), "91267c52-9f02-4cfe-b1f4-a4da7ebac2cf");
+    }
+
+    #[test]
+    fn toml_round_trip() {
+        let vm = VmDefinition::default();
+        let text = vm.to_toml().unwrap();
+        assert_eq!(VmDefinition::from_toml(&text).unwrap(), vm);
+        let sparse = VmDefinition { password: None, custom_data: None, user_data: None, ..vm };
+        let text = sparse.to_toml().unwrap();
+        assert!(!text.contains("\npassword"), "{text}");
+        assert_eq!(VmDefinition::from_toml(&text).unwrap(), sparse);
+    }
+
+    #[test]
+    fn missing_keys_take_defaults() {
+        let vm = VmDefinition::from_toml("hostname = \"web-01\"\ngen2 = false\n").unwrap();
+        assert_eq!(vm.hostname, "web-01");
+        assert!(!vm.gen2);
+        assert_eq!(vm.username, "azureuser");
+        assert_eq!(vm.password, None);
+        assert_eq!(vm.custom_data, None);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = VmDefinition::from_toml("hostname = \"x\"\nhost_name = \"y\"\n").unwrap_err();
+        assert!(err.contains("host_name"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = VmDefinition::from_toml("vm_id = \"nope\"").unwrap_err();
+        assert!(err.starts_with("vm_id"), "{err}");
+        let err = VmDefinition::from_toml("mac_address = \"00:0d:3a:04:75:98\"").unwrap_err();
+        assert!(err.starts_with("mac_address"), "{err}");
+        let err = VmDefinition::from_toml("incarnation = \"three\"").unwrap_err();
+        assert!(err.contains("incarnation"), "{err}");
+    }
+
+    #[test]
+    fn vm_name_comes_from_role_instance() {
+        assert_eq!(VmDefinition::default().vm_name(), "azprov-demo");
+    }
+}
