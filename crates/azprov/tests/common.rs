@@ -159,8 +159,16 @@ pub fn setup_with(vm: VmDefinition, faults: Faults, dvd: Dvd, extra_config: &str
         empty_drive: matches!(dvd, Dvd::EmptyDrive),
     };
     sandbox::prepare(&dir.path().join("root"), &spec).expect("sandbox");
-    let config = dir.path().join("test.toml");
-    std::fs::write(&config, format!("{TEST_CONFIG}\n{extra_config}")).expect("config");
+    // base test settings in the image's main file, the case's overrides as a drop-in (read later, so they win),
+    // and a host --config file read last
+    let etc = dir.path().join("root/etc/azprov");
+    std::fs::create_dir_all(etc.join("azprov.toml.d")).expect("config dir");
+    std::fs::write(etc.join("azprov.toml"), TEST_CONFIG).expect("config");
+    if !extra_config.is_empty() {
+        std::fs::write(etc.join("azprov.toml.d/50-test.toml"), extra_config).expect("drop-in");
+    }
+    let config = dir.path().join("host.toml");
+    std::fs::write(&config, "# host-side --config file: read after the image's files\n").expect("config");
     let sim = Simulator::start(vm, faults).expect("simulator");
     Env { dir, sim, config }
 }
