@@ -72,8 +72,18 @@ fn load_vm(path: &Path) -> Result<VmDefinition> {
     VmDefinition::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("azprov-sim: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
         Command::Serve { vm, faults, listen, log } => {
             let vm = match vm {
                 Some(p) => load_vm(&p)?,
