@@ -250,3 +250,223 @@ fn read_sections(src: &dyn ReadAt, sections: &[Section], max: usize) -> Result<V
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testsupport::{genisoimage, have_tool, torture, tree, Bytes, Rng};
+    use super::super::{read_ovf, FsKind, MAX_OVF_BYTES};
+    use super::*;
+
+    const OVF: &[u8] = b"<?xml version=\"1.0\"?><Environment><ProvisioningSection/></Environment>\n";
+    const LABEL: &str = "rd_rdfe_stable.xyz";
+
+    fn read(img: &[u8]) -> Result<RootFile, MediaError> {
+        read_root_file(&Bytes(img), "ovf-env.xml", MAX_OVF_BYTES)
+    }
+
+    fn image(args: &[&str], files: &[(&str, &[u8])]) -> Vec<u8> {
+        let dir = tree(files);
+        let out = tempfile::tempdir().expect("tempdir");
+        let mut all = vec!["-V", LABEL];
+        all.extend(args);
+        genisoimage(&all, dir.path(), &out.path().join("img"))
+    }
+
+    #[test]
+    fn plain_iso_reads_mangled_name() {
+        if !have_tool("genisoimage") {
+            return;
+        }
+        let img = image(&[], &[("ovf-env.xml", OVF), ("other.txt", b"o")]);
+        let found = read(&img).expect("iso");
+        assert_eq!(found.data.as_deref(), Some(OVF));
+        assert!(found.label.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(LABEL)), "{:?}", found.label);
+        let other = read_root_file(&Bytes(&img), "Other.Txt", 16).expect("iso");
+        assert_eq!(other.data.as_deref(), Some(&b"o"[..]));
+        assert!(read_root_file(&Bytes(&img), "absent.xml", 16).expect("iso").data.is_none());
+        assert!(matches!(read_root_file(&Bytes(&img), "ovf-env.xml", OVF.len() - 1), Err(MediaError::TooLarge)));
+        let ovf = read_ovf(&Bytes(&img)).expect("read_ovf");
+        assert_eq!((ovf.fs, ovf.bytes.as_slice()), (FsKind::Iso9660, OVF));
+    }
+
+    #[test]
+    fn joliet_names_are_preferred() {
+        if !have_tool("genisoimage") {
+            return;
+        }
+        // Both names mangle to OVF_ENV.XML in the plain tree; only Joliet tells them apart.
+        let img = image(&["-J"], &[("ovf_env.xml", b"underscore"), ("ovf-env.xml", OVF)]);
+        let found = read(&img).expect("iso");
+        assert_eq!(found.data.as_deref(), Some(OVF));
+        assert_eq!(found.label.as_deref(), Some(LABEL));
+        let other = read_root_file(&Bytes(&img), "OVF_ENV.XML", 64).expect("iso");
+        assert_eq!(other.data.as_deref(), Some(&b"underscore"[..]));
+    }
+
+    #[test]
+    fn rock_ridge_without_joliet_uses_plain_names() {
+        if !have_tool("genisoimage") {
+            return;
+        }
+        let img = image(&["-R"], &[("ovf-env.xml", OVF)]);
+        assert_eq!(read(&img).expect("iso").data.as_deref(), Some(OVF));
+    }
+
+    #[test]
+    fn udf_bridge_image_read_as_iso() {
+        if !have_tool("genisoimage") {
+            return;
+        }
+        let img = image(&["-udf", "-J", "-R"], &[("ovf-env.xml", OVF)]);
+        let found = read(&img).expect("iso view of a bridge disc");
+        assert_eq!(found.data.as_deref(), Some(OVF));
+        assert_eq!(found.label.as_deref(), Some(LABEL));
+    }
+
+    #[test]
+    fn many_entries_and_large_file() {
+        if !have_tool("genisoimage") {
+            return;
+        }
+        let big: Vec<u8> = (0..600_000u32).map(|i| (i ^ (i >> 11)) as u8).collect();
+        let names: Vec<String> = (0..200).map(|i| format!("a-long-file-name-for-entry-{i:04}.txt")).collect();
+        let mut files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), n.as_bytes())).collect();
+        files.push(("big.bin", &big));
+        files.push(("ovf-env.xml", OVF));
+        for args in [&["-J"][..], &[]] {
+            let img = image(args, &files);
+            assert_eq!(read(&img).expect("iso").data.as_deref(), Some(OVF), "{args:?}");
+            let got = read_root_file(&Bytes(&img), "big.bin", MAX_OVF_BYTES).expect("iso").data;
+            assert_eq!(got.as_deref(), Some(big.as_slice()), "{args:?}");
+            if !args.is_empty() {
+                let got = read_root_file(&Bytes(&img), &names[199], 64).expect("iso").data;
+                assert_eq!(got.as_deref(), Some(names[199].as_bytes()));
+            }
+        }
+    }
+
+    /// A minimal hand-made ISO: PVD (16), terminator (17), root directory (18), data from 20.
+    fn handmade(records: &[(&[u8], u32, u32, u8, u8)]) -> Vec<u8> {
+        let mut img = vec![0u8; 40 * 2048];
+        let pvd = &mut img[16 * 2048..17 * 2048];
+        pvd[0] = 1;
+        pvd[1..6].copy_from_slice(b"CD001");
+        pvd[6] = 1;
+        pvd[40..72].fill(b' ');
+        pvd[40..44].copy_from_slice(b"HAND");
+        pvd[128..130].copy_from_slice(&2048u16.to_le_bytes());
+        let root = &mut pvd[156..190];
+        root[0] = 34;
+        root[2..6].copy_from_slice(&18u32.to_le_bytes());
+        root[10..14].copy_from_slice(&2048u32.to_le_bytes());
+        root[25] = 2;
+        root[32] = 1;
+        let term = &mut img[17 * 2048..18 * 2048];
+        term[0] = 255;
+        term[1..6].copy_from_slice(b"CD001");
+        term[6] = 1;
+        let mut pos = 18 * 2048;
+        for (name, lba, len, flags, xattr) in records {
+            let rec_len = (33 + name.len() + 1) & !1;
+            let r = &mut img[pos..pos + rec_len];
+            r[0] = rec_len as u8;
+            r[1] = *xattr;
+            r[2..6].copy_from_slice(&lba.to_le_bytes());
+            r[10..14].copy_from_slice(&len.to_le_bytes());
+            r[25] = *flags;
+            r[32] = name.len() as u8;
+            r[33..33 + name.len()].copy_from_slice(name);
+            pos += rec_len;
+        }
+        for (i, b) in img[20 * 2048..].iter_mut().enumerate() {
+            *b = (i % 253) as u8;
+        }
+        img
+    }
+
+    #[test]
+    fn handmade_multi_extent_and_extended_attributes() {
+        let img = handmade(&[
+            (b"\0", 18, 2048, 2, 0),
+            (b"\x01", 18, 2048, 2, 0),
+            (b"OVF_ENV.XML;1", 20, 2048, 0x80, 0),
+            (b"OVF_ENV.XML;1", 25, 100, 0, 0),
+            (b"XATTR.TXT;1", 21, 10, 0, 1),
+            (b"DIR", 19, 2048, 2, 0),
+        ]);
+        let found = read(&img).expect("iso");
+        assert_eq!(found.label.as_deref(), Some("HAND"));
+        let data = found.data.expect("multi-extent file");
+        let expect: Vec<u8> = (0..2048).chain(5 * 2048..5 * 2048 + 100).map(|i| (i % 253) as u8).collect();
+        assert_eq!(data, expect);
+        let x = read_root_file(&Bytes(&img), "xattr.txt", 64).expect("iso").data.expect("xattr file");
+        assert_eq!(x, (2 * 2048..2 * 2048 + 10).map(|i| (i % 253) as u8).collect::<Vec<_>>());
+        assert!(read_root_file(&Bytes(&img), "dir", 64).expect("iso").data.is_none(), "directories are not files");
+        // A multi-extent file without its final section is corrupt.
+        let img = handmade(&[(b"OVF_ENV.XML;1", 20, 2048, 0x80, 0), (b"OTHER;1", 21, 1, 0, 0)]);
+        assert!(matches!(read(&img), Err(MediaError::Corrupt { .. })));
+        // Data beyond the end of the media is corrupt.
+        let img = handmade(&[(b"OVF_ENV.XML;1", 39, 4096, 0, 0)]);
+        assert!(matches!(read(&img), Err(MediaError::Corrupt { .. })));
+        // Other block sizes are rejected.
+        let mut img = handmade(&[]);
+        img[16 * 2048 + 128..16 * 2048 + 130].copy_from_slice(&512u16.to_le_bytes());
+        assert!(matches!(read(&img), Err(MediaError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn name_matching() {
+        assert!(name_matches(b"OVF_ENV.XML;1", Names::Plain, "ovf-env.xml"));
+        assert!(name_matches(b"OVF-ENV.XML", Names::Plain, "ovf-env.xml"));
+        assert!(name_matches(b"OVF_ENV.XML.;1", Names::Plain, "ovf-env.xml"));
+        assert!(!name_matches(b"OVF_ENV.XM;1", Names::Plain, "ovf-env.xml"));
+        assert!(!name_matches(b"OVFXENV.XML;1", Names::Plain, "ovf-env.xml"));
+        let joliet: Vec<u8> = "Ovf-Env.xml".encode_utf16().flat_map(|u| u.to_be_bytes()).collect();
+        assert!(name_matches(&joliet, Names::Joliet, "ovf-env.xml"));
+        let underscore: Vec<u8> = "ovf_env.xml".encode_utf16().flat_map(|u| u.to_be_bytes()).collect();
+        assert!(!name_matches(&underscore, Names::Joliet, "ovf-env.xml"));
+    }
+
+    #[test]
+    fn garbage_zero_and_udf_only_images_are_not_recognized() {
+        assert!(matches!(read(&[]), Err(MediaError::NotRecognized)));
+        assert!(matches!(read(&vec![0u8; 1 << 20]), Err(MediaError::NotRecognized)));
+        let mut rng = Rng(7);
+        for size in [10usize, 2048 * 17, 1 << 20] {
+            let img: Vec<u8> = (0..size).map(|_| rng.next() as u8).collect();
+            assert!(matches!(read(&img), Err(MediaError::NotRecognized)), "{size}");
+        }
+        // A pure UDF volume (no ISO9660 bridge).
+        if have_tool("mkudffs") {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("img");
+            std::fs::File::create(&path).and_then(|f| f.set_len(4096 * 2048)).expect("create image");
+            super::super::testsupport::run(
+                std::process::Command::new("mkudffs").args(["--media-type=hd", "-b", "2048"]).arg(&path),
+            );
+            let img = std::fs::read(&path).expect("read image");
+            assert!(matches!(read(&img), Err(MediaError::NotRecognized)));
+        }
+        // "CD001" alone, without a usable descriptor set.
+        let mut img = vec![0u8; 40 * 2048];
+        img[16 * 2048 + 1..16 * 2048 + 6].copy_from_slice(b"CD001");
+        assert!(matches!(read(&img), Err(MediaError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn damaged_images_never_panic() {
+        let hand = handmade(&[(b"OVF_ENV.XML;1", 20, 2048, 0x80, 0), (b"OVF_ENV.XML;1", 25, 100, 0, 0)]);
+        torture(&hand, &[16, 17, 18], read);
+        if !have_tool("genisoimage") {
+            return;
+        }
+        for args in [&["-J"][..], &["-udf", "-J", "-R"]] {
+            let img = image(args, &[("ovf-env.xml", OVF), ("b.txt", b"b")]);
+            let hot: Vec<usize> = (16..img.len() / 2048)
+                .filter(|&s| img[s * 2048..(s + 1) * 2048].iter().any(|&b| b != 0))
+                .take(12)
+                .collect();
+            torture(&img, &hot, read);
+        }
+    }
+}

@@ -1067,6 +1067,18 @@ mod tests {
         map_ident: Option<&'static str>,
         root_strategy: Option<u16>,
         block_size: Option<u32>,
+        /// Describe ovf-env.xml with ext_ad instead of long_ad.
+        ext_ad: bool,
+    }
+
+    fn ext_ad(len: u32, lbn: u32, part: u16) -> Vec<u8> {
+        let mut b = vec![0u8; 20];
+        put32(&mut b, 0, len);
+        put32(&mut b, 4, len);
+        put32(&mut b, 8, len);
+        put32(&mut b, 12, lbn);
+        put16(&mut b, 16, part);
+        b
     }
 
     fn build_udf250(opts: &Opts) -> Built {
@@ -1105,6 +1117,7 @@ mod tests {
 
             let mut lvd = vec![0u8; 2048];
             put32(&mut lvd, 16, 2);
+            lvd[21..44].copy_from_slice(b"OSTA Compressed Unicode");
             let label = latin1("rd_rdfe_stable.hand");
             lvd[84..84 + label.len()].copy_from_slice(&label);
             lvd[84 + 127] = label.len() as u8;
@@ -1185,8 +1198,12 @@ mod tests {
         meta(&mut img, 4, &file_entry(false, FT_FILE, 3, NOTES.len() as u64, NOTES, 4));
         // ovf-env.xml: a plain File Entry, two long_ad extents in the physical partition.
         let ovf: Vec<u8> = (0..3048u32).map(|i| b"<ovf/>"[i as usize % 6] ^ (i / 2048) as u8).collect();
-        let ads = [long_ad(2048, 40, 0), long_ad(1000, 50, 0)].concat();
-        meta(&mut img, 5, &file_entry(true, FT_FILE, 1, ovf.len() as u64, &ads, 5));
+        let (ad_type, ads) = if opts.ext_ad {
+            (2, [ext_ad(2048, 40, 0), ext_ad(1000, 50, 0)].concat())
+        } else {
+            (1, [long_ad(2048, 40, 0), long_ad(1000, 50, 0)].concat())
+        };
+        meta(&mut img, 5, &file_entry(true, FT_FILE, ad_type, ovf.len() as u64, &ads, 5));
         sec(&mut img, phys(40), &ovf[..2048]);
         sec(&mut img, phys(50), &ovf[2048..]);
         // chain.bin: EFE → AED (meta 7) → AED (meta 8).
@@ -1227,6 +1244,9 @@ mod tests {
         assert!(matches!(read_root_file(&Bytes(img), "chain.bin", 4595), Err(MediaError::TooLarge)));
         let ovf = read_ovf(&Bytes(img)).expect("read_ovf");
         assert_eq!((ovf.fs, ovf.bytes), (FsKind::Udf, b.ovf.clone()));
+        // The same file described with ext_ad.
+        let b = build_udf250(&Opts { ext_ad: true, ..Opts::default() });
+        assert_eq!(read(&b.img).expect("ext_ad").data.as_deref(), Some(b.ovf.as_slice()));
     }
 
     #[test]
@@ -1236,6 +1256,17 @@ mod tests {
         let mut img = b.img.clone();
         img[256 * 2048..257 * 2048].fill(0);
         assert_eq!(read(&img).expect("backup anchor").data.as_deref(), Some(b.ovf.as_slice()));
+        // Only the anchor at N-256 (an unused block of the partition here).
+        let mut img = b.img.clone();
+        img[256 * 2048..257 * 2048].fill(0);
+        img[(SECTORS - 1) * 2048..].fill(0);
+        let mut anchor = b.img[256 * 2048..256 * 2048 + 512].to_vec();
+        finish_tag(&mut anchor, TAG_AVDP, (SECTORS - 256) as u32, 512);
+        img[(SECTORS - 256) * 2048..(SECTORS - 256) * 2048 + 512].copy_from_slice(&anchor);
+        assert_eq!(read(&img).expect("anchor at N-256").data.as_deref(), Some(b.ovf.as_slice()));
+        // No anchor at all: not UDF.
+        img[(SECTORS - 256) * 2048..(SECTORS - 255) * 2048].fill(0);
+        assert!(matches!(read(&img), Err(MediaError::NotRecognized)));
         // Main VDS gone: the reserve is used.
         let mut img = b.img.clone();
         img[32 * 2048..35 * 2048].fill(0);
