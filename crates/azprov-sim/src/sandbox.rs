@@ -30,7 +30,8 @@ SYS_GID_MIN 100\nSYS_GID_MAX 999\nUMASK 022\nUSERGROUPS_ENAB yes\nENCRYPT_METHOD
 const SSHD_CONFIG: &str = "Include /etc/ssh/sshd_config.d/*.conf\n\nKbdInteractiveAuthentication no\nUsePAM yes\n\
 X11Forwarding yes\nPrintMotd no\nAcceptEnv LANG LC_*\nSubsystem sftp /usr/lib/openssh/sftp-server\n";
 
-const SUDOERS: &str = "Defaults env_reset\nDefaults secure_path=\"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"\n\
+const SUDOERS: &str =
+    "Defaults env_reset\nDefaults secure_path=\"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"\n\
 root ALL=(ALL:ALL) ALL\n%sudo ALL=(ALL:ALL) ALL\n@includedir /etc/sudoers.d\n";
 
 fn write(root: &Path, rel: &str, data: &[u8], mode: u32) -> io::Result<()> {
@@ -52,8 +53,18 @@ fn dir(root: &Path, rel: &str, mode: u32) -> io::Result<()> {
 pub fn prepare(root: &Path, spec: &SandboxSpec<'_>) -> io::Result<()> {
     fs::create_dir_all(root)?;
     write(root, "etc/passwd", b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\nsshd:x:100:65534::/run/sshd:/usr/sbin/nologin\n", 0o644)?;
-    write(root, "etc/group", b"root:x:0:\ndaemon:x:1:\nsudo:x:27:\nvideo:x:44:\nusers:x:100:\nnogroup:x:65534:\n", 0o644)?;
-    write(root, "etc/shadow", b"root:*:20000:0:99999:7:::\ndaemon:*:20000:0:99999:7:::\nsshd:*:20000:0:99999:7:::\n", 0o640)?;
+    write(
+        root,
+        "etc/group",
+        b"root:x:0:\ndaemon:x:1:\nsudo:x:27:\nvideo:x:44:\nusers:x:100:\nnogroup:x:65534:\n",
+        0o644,
+    )?;
+    write(
+        root,
+        "etc/shadow",
+        b"root:*:20000:0:99999:7:::\ndaemon:*:20000:0:99999:7:::\nsshd:*:20000:0:99999:7:::\n",
+        0o640,
+    )?;
     write(root, "etc/gshadow", b"root:*::\ndaemon:*::\nsudo:*::\nvideo:*::\nusers:*::\nnogroup:*::\n", 0o640)?;
     write(root, "etc/login.defs", LOGIN_DEFS.as_bytes(), 0o644)?;
     write(root, "etc/skel/.profile", b"# ~/.profile\n", 0o644)?;

@@ -12,7 +12,7 @@ use crate::system::System;
 pub const MAIN_FILE: &str = "/etc/azprov/azprov.toml";
 pub const DROP_IN_DIR: &str = "/etc/azprov/azprov.toml.d";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub platform: PlatformConfig,
@@ -195,18 +195,6 @@ pub struct SudoDuty {
 impl Default for SudoDuty {
     fn default() -> Self {
         SudoDuty { enabled: true, file: "/etc/sudoers.d/90-azprov".into() }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            platform: PlatformConfig::default(),
-            media: MediaConfig::default(),
-            state: StateConfig::default(),
-            kvp: KvpConfig::default(),
-            duties: Duties::default(),
-        }
     }
 }
 

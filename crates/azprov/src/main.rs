@@ -167,7 +167,13 @@ fn run() -> anyhow::Result<ExitCode> {
                     if summary.reported { ", reported" } else { ", not reported" }
                 );
                 for s in &summary.steps {
-                    println!("  {:<14} {:<8} {:>6} ms  {}", s.name, format!("{:?}", s.outcome).to_lowercase(), s.duration_ms, s.detail);
+                    println!(
+                        "  {:<14} {:<8} {:>6} ms  {}",
+                        s.name,
+                        format!("{:?}", s.outcome).to_lowercase(),
+                        s.duration_ms,
+                        s.detail
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -101,7 +101,9 @@ impl Env {
     }
     pub fn mode(&self, rel: &str) -> u32 {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(self.path(rel)).map(|m| m.permissions().mode() & 0o7777).unwrap_or_else(|e| panic!("{rel}: {e}"))
+        std::fs::metadata(self.path(rel))
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or_else(|e| panic!("{rel}: {e}"))
     }
     /// `azprov provision --root <root> --config <test config> <extra…>` against the simulator.
     pub fn provision(&self, extra: &[&str]) -> Output {
@@ -183,11 +185,14 @@ pub fn assert_failed_with(env: &Env, out: &Output, reason: &str) {
     assert_eq!(r.state, "NotReady");
     assert_eq!(r.sub_status.as_deref(), Some("ProvisioningFailed"));
     let d = r.description.unwrap_or_default();
-    assert!(d.starts_with(&format!("result=error|reason={reason}")), "description: {d}");
+    // the reason field as the encoded description quotes it (`'` doubled, field quoted)
+    let field = format!("reason={reason}");
+    let field = if field.contains(['|', '\'', '\r', '\n']) { format!("'{}", field.replace('\'', "''")) } else { field };
+    assert!(d.starts_with(&format!("result=error|{field}")), "description: {d}");
     assert!(d.ends_with("|documentation_url=https://aka.ms/linuxprovisioningerror"), "{d}");
     assert!(!env.sim.ready_reported(), "never Ready after a failure");
     let kvp = env.kvp_reports();
-    assert!(kvp.last().is_some_and(|v| v.contains(&format!("reason={reason}"))), "kvp: {kvp:?}");
+    assert!(kvp.last().is_some_and(|v| v.contains(&field)), "kvp: {kvp:?}");
 }
 
 pub fn file_exists(p: &Path) -> bool {

@@ -207,7 +207,13 @@ fn root_imds_410_for_over_a_minute_still_provisions() {
         return;
     }
     let faults = Faults { imds: vec![FaultStep::StatusFor { code: 410, ms: 61_000 }], ..Faults::none() };
-    let env = setup_with(vm(), faults, Dvd::Udf102, "[platform]\nimds_deadline_secs = 90\nwireserver_deadline_secs = 120\n", true);
+    let env = setup_with(
+        vm(),
+        faults,
+        Dvd::Udf102,
+        "[platform]\nimds_deadline_secs = 90\nwireserver_deadline_secs = 120\n",
+        true,
+    );
     let out = env.provision(&[]);
     assert_eq!(exit_code(&out), 0);
     assert!(env.sim.ready_reported());
@@ -257,10 +263,25 @@ fn root_wireserver_faults_are_retried() {
         return;
     }
     let cases: Vec<(&str, Faults)> = vec![
-        ("health 503 x3", Faults { health: vec![FaultStep::Status { code: 503, body: None, retry_after: None }; 3], ..Faults::none() }),
-        ("goal state 500 then reset", Faults { goalstate: vec![FaultStep::Status { code: 500, body: None, retry_after: None }, FaultStep::Drop], ..Faults::none() }),
+        (
+            "health 503 x3",
+            Faults {
+                health: vec![FaultStep::Status { code: 503, body: None, retry_after: None }; 3],
+                ..Faults::none()
+            },
+        ),
+        (
+            "goal state 500 then reset",
+            Faults {
+                goalstate: vec![FaultStep::Status { code: 500, body: None, retry_after: None }, FaultStep::Drop],
+                ..Faults::none()
+            },
+        ),
         ("health timeout", Faults { health: vec![FaultStep::Hang { ms: 1500 }], ..Faults::none() }),
-        ("health 410", Faults { health: vec![FaultStep::Status { code: 410, body: None, retry_after: None }], ..Faults::none() }),
+        (
+            "health 410",
+            Faults { health: vec![FaultStep::Status { code: 410, body: None, retry_after: None }], ..Faults::none() },
+        ),
     ];
     for (name, faults) in cases {
         let env = setup(vm(), faults, Dvd::Udf102);
@@ -277,7 +298,8 @@ fn root_stale_incarnation_gets_a_fresh_goal_state() {
         return;
     }
     // the incarnation changes between the goal state and the report: the platform answers 410
-    let faults = Faults { health: vec![FaultStep::Status { code: 410, body: None, retry_after: None }], ..Faults::none() };
+    let faults =
+        Faults { health: vec![FaultStep::Status { code: 410, body: None, retry_after: None }], ..Faults::none() };
     let env = setup(vm(), faults, Dvd::Udf102);
     env.sim.set_incarnation(7);
     let out = env.provision(&[]);
@@ -331,10 +353,13 @@ fn root_corrupt_dvd_fails_with_parse_reason() {
     }
     let vm = vm();
     let mut img = dvd_bytes(&vm, &Dvd::Udf102).unwrap();
-    // break the Logical Volume Descriptor and everything after the anchor's sequence, keep the anchor
-    let vds = u32::from_le_bytes(img[256 * 2048 + 20..256 * 2048 + 24].try_into().unwrap()) as usize;
-    for b in &mut img[vds * 2048..vds * 2048 + 16 * 2048] {
-        *b ^= 0x5a;
+    // keep the anchor, break both volume descriptor sequences (main and reserve) it points to
+    let avdp = 256 * 2048;
+    for at in [avdp + 20, avdp + 28] {
+        let vds = u32::from_le_bytes(img[at..at + 4].try_into().unwrap()) as usize;
+        for b in &mut img[vds * 2048..vds * 2048 + 16 * 2048] {
+            *b ^= 0x5a;
+        }
     }
     let env = setup(vm, Faults::none(), Dvd::Bytes(img));
     let out = env.provision(&[]);
@@ -354,10 +379,7 @@ fn root_invalid_ovf_fails_with_exact_reasons() {
             good.replace(&format!("<HostName>{}</HostName>", vm.hostname), ""),
             "unexpected metadata parsing ovf-env.xml: missing configuration for 'HostName'",
         ),
-        (
-            good.replace(vm.password.as_deref().unwrap(), &"p".repeat(73)),
-            "unsupported password length=73 max=72",
-        ),
+        (good.replace(vm.password.as_deref().unwrap(), &"p".repeat(73)), "unsupported password length=73 max=72"),
     ];
     for (xml, reason) in cases {
         assert_ne!(xml, good, "test case must change the document");
@@ -415,7 +437,8 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     let out = env.provision(&["--dry-run"]);
     assert_eq!(exit_code(&out), 0);
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan json");
-    let duties: Vec<&str> = plan["steps"].as_array().unwrap().iter().map(|s| s["action"]["duty"].as_str().unwrap()).collect();
+    let duties: Vec<&str> =
+        plan["steps"].as_array().unwrap().iter().map(|s| s["action"]["duty"].as_str().unwrap()).collect();
     assert_eq!(duties, ["hostname", "user", "password", "ssh_keys", "sudo", "sshd"]);
     assert_eq!(plan["identity"]["username"], vm.username.as_str());
     assert!(!out.stdout.windows(8).any(|w| w == b"Passw0rd"), "no password in the plan");
@@ -481,5 +504,6 @@ fn root_existing_user_and_keys_are_kept() {
     assert!(keys.starts_with(old), "existing key kept first: {keys}");
     assert_eq!(keys.lines().count(), 2);
     assert_eq!(std::fs::metadata(ssh.join("authorized_keys")).unwrap().uid(), 1500);
-    assert_eq!(env.read("/etc/passwd").matches(&format!("{}:", vm.username)).count(), 1, "not recreated");
+    let entries = env.read("/etc/passwd").lines().filter(|l| l.starts_with(&format!("{}:", vm.username))).count();
+    assert_eq!(entries, 1, "not recreated");
 }

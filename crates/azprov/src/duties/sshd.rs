@@ -19,19 +19,16 @@ pub fn settings(password_auth: bool) -> Vec<(&'static str, &'static str)> {
 
 /// Whether an uncommented `Include` line (before any `Match`) pulls in `dir`/*.conf.
 pub fn includes_dir(main: &str, dir: &str) -> bool {
+    // relative Include paths are relative to /etc/ssh
+    let covers = |p: &str| p.starts_with(dir) || (p.starts_with("sshd_config.d") && dir.ends_with("/sshd_config.d"));
     for line in main.lines() {
-        let t = line.trim();
-        let mut words = t.split_whitespace();
-        match words.next().map(|w| w.to_ascii_lowercase()) {
-            Some(w) if w == "match" => return false,
-            Some(w) if w == "include" => {
-                if words
-                    .any(|p| p.starts_with(dir) || p.starts_with("sshd_config.d") && dir.ends_with("/sshd_config.d"))
-                {
-                    return true;
-                }
-            }
-            _ => {}
+        let mut words = line.split_whitespace();
+        let Some(first) = words.next().map(|w| w.to_ascii_lowercase()) else { continue };
+        if first == "match" {
+            return false;
+        }
+        if first == "include" && words.any(covers) {
+            return true;
         }
     }
     false
