@@ -1,6 +1,9 @@
 //! azprov-sim: a local simulator of the Azure platform as a provisioning agent sees it — IMDS, the wireserver and
 //! the provisioning DVD — built from one VM definition, for tests and demos. Binds 127.0.0.1 only.
 
+pub mod agent;
+pub mod bench;
+pub mod demo;
 pub mod dvd;
 pub mod faults;
 pub mod ovf;

@@ -55,7 +55,32 @@ enum Command {
     },
     /// Print the built-in example VM definition as TOML.
     ExampleVm,
-    // `demo` (an end-to-end run against the simulator) is added separately.
+    /// Provision a fresh sandbox root end to end with the azprov agent and show every step (needs root).
+    Demo {
+        /// VM definition (TOML); the built-in example VM when absent.
+        #[arg(long, value_name = "FILE.toml")]
+        vm: Option<PathBuf>,
+        /// The azprov binary; default: next to azprov-sim, then PATH.
+        #[arg(long, value_name = "PATH")]
+        agent: Option<PathBuf>,
+        /// Sandbox directory to use (kept); default: a fresh one under the temp dir, removed afterwards.
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Layout::Udf250)]
+        layout: Layout,
+        /// Keep the sandbox directory.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Measure start→Ready, CPU, peak RSS and binary size over several runs (needs root).
+    Bench {
+        #[arg(long, value_name = "PATH")]
+        agent: Option<PathBuf>,
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -65,7 +90,7 @@ enum Layout {
 }
 
 /// The DVD's volume label: the platform's labels start with `rd_rdfe_stable`.
-const MEDIA_LABEL: &str = "rd_rdfe_stable.240701-1523";
+use azprov_sim::agent::MEDIA_LABEL;
 
 fn load_vm(path: &Path) -> Result<VmDefinition> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -123,6 +148,24 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Ovf { vm } => print!("{}", ovf_env_xml(&load_vm(&vm)?)),
         Command::ExampleVm => print!("{}", VmDefinition::default().to_toml().map_err(anyhow::Error::msg)?),
+        Command::Demo { vm, agent, root, layout, keep } => {
+            let vm = match vm {
+                Some(p) => load_vm(&p)?,
+                None => VmDefinition::default(),
+            };
+            let layout = match layout {
+                Layout::Udf102 => UdfLayout::V102,
+                Layout::Udf250 => UdfLayout::V250,
+            };
+            let opts = azprov_sim::demo::DemoOptions { vm, agent, root, layout, keep };
+            if !azprov_sim::demo::run(opts, &mut std::io::stdout()).map_err(anyhow::Error::msg)? {
+                bail!("the demo VM was not provisioned");
+            }
+        }
+        Command::Bench { agent, runs, warmup } => {
+            let opts = azprov_sim::bench::BenchOptions { agent, runs, warmup };
+            azprov_sim::bench::run(opts, &mut std::io::stdout()).map_err(anyhow::Error::msg)?;
+        }
     }
     Ok(())
 }

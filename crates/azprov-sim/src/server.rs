@@ -130,8 +130,19 @@ struct State {
     cursors: Cursors,
     requests: Vec<RequestRecord>,
     health: Vec<HealthReport>,
+    /// When the first accepted Ready arrived (for start→Ready measurements).
+    ready_at: Option<Instant>,
     role_properties: Vec<(String, String)>,
     log: Option<File>,
+}
+
+impl State {
+    fn push_health(&mut self, report: HealthReport) {
+        if report.state == "Ready" && self.ready_at.is_none() {
+            self.ready_at = Some(Instant::now());
+        }
+        self.health.push(report);
+    }
 }
 
 struct Cursors {
@@ -221,7 +232,6 @@ impl Simulator {
         }
         vm.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(requested)?;
-        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             start: Instant::now(),
@@ -232,6 +242,7 @@ impl Simulator {
                 cursors: Cursors::new(faults),
                 requests: Vec::new(),
                 health: Vec::new(),
+                ready_at: None,
                 role_properties: Vec::new(),
                 log: None,
             }),
@@ -260,6 +271,11 @@ impl Simulator {
     /// Every accepted health report (XML and JSON), in order.
     pub fn health_reports(&self) -> Vec<HealthReport> {
         self.shared.lock().health.clone()
+    }
+
+    /// When the first accepted `Ready` arrived.
+    pub fn ready_at(&self) -> Option<Instant> {
+        self.shared.lock().ready_at
     }
 
     /// Whether an accepted health report said `Ready`.
@@ -301,6 +317,8 @@ impl Simulator {
 
     fn shutdown(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        // wake the blocking accept so it sees the flag
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -317,6 +335,9 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     while !shared.stopped() {
         match listener.accept() {
             Ok((stream, _)) => {
+                if shared.stopped() {
+                    break;
+                }
                 let conn_shared = Arc::clone(shared);
                 let spawned = std::thread::Builder::new()
                     .name("azprov-sim-conn".into())
@@ -325,8 +346,8 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
-            // Non-blocking accept: poll so that `stop` is noticed without a wake-up connection.
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            // Blocking accept (no polling latency); `stop` wakes it with a connection of its own.
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
         }
     }
 }
@@ -1052,7 +1073,7 @@ fn xml_health(shared: &Shared, req: &Request) -> Outcome {
         protocol: "xml".into(),
         incarnation: Some(parsed.incarnation),
     };
-    st.health.push(report.clone());
+    st.push_health(report.clone());
     Outcome { response: Response::new(200, XML, Vec::new()), error: None, health: Some(report) }
 }
 
@@ -1138,7 +1159,7 @@ fn json_health(shared: &Shared, req: &Request) -> Outcome {
     }
     let report =
         HealthReport { state: body.state, sub_status, description, protocol: "json".into(), incarnation: None };
-    shared.lock().health.push(report.clone());
+    shared.lock().push_health(report.clone());
     Outcome { response: Response::new(200, JSON, Vec::new()), error: None, health: Some(report) }
 }
 
