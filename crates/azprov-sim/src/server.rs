@@ -692,6 +692,13 @@ fn handle_connection(stream: TcpStream, shared: &Shared) {
             r.retry_after = retry_after;
             Outcome::ok(r)
         }
+        Some(FaultStep::Respond { code, body, delay_ms }) => {
+            shared.sleep(delay_ms);
+            Outcome::ok(match body {
+                Some(b) => Response::new(code, if endpoint.is_imds() { JSON } else { XML }, b),
+                None => error_response(endpoint, code, &format!("simulated HTTP {code}")),
+            })
+        }
         Some(FaultStep::StatusFor { code, .. }) => {
             Outcome::ok(error_response(endpoint, code, &format!("simulated HTTP {code}")))
         }

@@ -198,3 +198,17 @@ pub fn assert_failed_with(env: &Env, out: &Output, reason: &str) {
 pub fn file_exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
 }
+
+/// A file under `../shared/fixtures` (read in place). `None` with a printed reason when absent, unless
+/// `AZPROV_REQUIRE_SHARED=1`, which makes a missing directory fatal.
+pub fn fixture(rel: &str) -> Option<String> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures");
+    if !dir.is_dir() {
+        if std::env::var("AZPROV_REQUIRE_SHARED").as_deref() == Ok("1") {
+            panic!("AZPROV_REQUIRE_SHARED=1 but {} does not exist", dir.display());
+        }
+        eprintln!("skipping: {} is absent", dir.display());
+        return None;
+    }
+    Some(std::fs::read_to_string(dir.join(rel)).unwrap_or_else(|e| panic!("fixture {rel}: {e}")))
+}
