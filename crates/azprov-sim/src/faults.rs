@@ -125,6 +125,70 @@ impl Cursor {
     }
 }
 
+/// How long "always" lasts when a script's last step is an error: longer than any client deadline.
+const REPEAT_MS: u64 = 3_600_000;
+
+/// Convert one scripted response of azure-init's testing server (status, optional body, delay in seconds) to a step.
+fn scripted(code: u16, body: Option<String>, delay_s: u64, success_is_normal: bool) -> FaultStep {
+    match (code, delay_s) {
+        (200, 0) if success_is_normal => FaultStep::Normal,
+        (200, d) if success_is_normal => FaultStep::Delay { ms: d * 1000 },
+        (c, 0) => FaultStep::Status { code: c, body, retry_after: None },
+        (c, d) => FaultStep::Respond { code: c, body, delay_ms: d * 1000 },
+    }
+}
+
+/// A script whose last response is an error keeps answering it (azure-init's "always 500" scripts).
+fn repeat_last_error(mut steps: Vec<FaultStep>) -> Vec<FaultStep> {
+    let last = match steps.last() {
+        Some(FaultStep::Status { code, .. }) | Some(FaultStep::Respond { code, .. }) if *code != 200 => Some(*code),
+        _ => None,
+    };
+    if let Some(code) = last {
+        steps.push(FaultStep::StatusFor { code, ms: REPEAT_MS });
+    }
+    steps
+}
+
+/// IMDS steps from an azure-init testing-server script (`{"responses": [{"status_code", "response", "delay"}…]}`).
+/// A 200 answers the script's own document.
+pub fn from_azure_init_imds(json: &str) -> Result<Vec<FaultStep>, String> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let responses = v.get("responses").and_then(|r| r.as_array()).ok_or("no `responses` array")?;
+    let mut steps = Vec::new();
+    for r in responses {
+        let code = r.get("status_code").and_then(|c| c.as_u64()).ok_or("response without status_code")? as u16;
+        let body = r.get("response").map(|b| b.to_string());
+        let delay = r.get("delay").and_then(|d| d.as_u64()).unwrap_or(0);
+        steps.push(scripted(code, body, delay, false));
+    }
+    Ok(repeat_last_error(steps))
+}
+
+fn xml_field(block: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = block.find(&open)? + open.len();
+    let end = block[start..].find(&format!("</{tag}>"))? + start;
+    Some(block[start..end].trim().to_string())
+}
+
+/// Wireserver steps from an azure-init testing-server script (`<responses><response><status_code>…`). A 200 is
+/// served by the simulator's normal handling (so a health report is validated and recorded), after the delay.
+pub fn from_azure_init_wireserver(xml: &str) -> Result<Vec<FaultStep>, String> {
+    let mut steps = Vec::new();
+    for block in xml.split("<response>").skip(1) {
+        let code = xml_field(block, "status_code")
+            .and_then(|c| c.parse::<u16>().ok())
+            .ok_or("response without status_code")?;
+        let delay = xml_field(block, "delay").and_then(|d| d.parse::<u64>().ok()).unwrap_or(0);
+        steps.push(scripted(code, None, delay, true));
+    }
+    if steps.is_empty() {
+        return Err("no <response> elements".into());
+    }
+    Ok(repeat_last_error(steps))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,68 +256,4 @@ mod tests {
         assert_eq!(c.take(t0 + Duration::from_millis(100)), Some(FaultStep::Malformed));
         assert_eq!(c.take(t0 + Duration::from_millis(200)), None);
     }
-}
-
-/// How long "always" lasts when a script's last step is an error: longer than any client deadline.
-const REPEAT_MS: u64 = 3_600_000;
-
-/// Convert one scripted response of azure-init's testing server (status, optional body, delay in seconds) to a step.
-fn scripted(code: u16, body: Option<String>, delay_s: u64, success_is_normal: bool) -> FaultStep {
-    match (code, delay_s) {
-        (200, 0) if success_is_normal => FaultStep::Normal,
-        (200, d) if success_is_normal => FaultStep::Delay { ms: d * 1000 },
-        (c, 0) => FaultStep::Status { code: c, body, retry_after: None },
-        (c, d) => FaultStep::Respond { code: c, body, delay_ms: d * 1000 },
-    }
-}
-
-/// A script whose last response is an error keeps answering it (azure-init's "always 500" scripts).
-fn repeat_last_error(mut steps: Vec<FaultStep>) -> Vec<FaultStep> {
-    let last = match steps.last() {
-        Some(FaultStep::Status { code, .. }) | Some(FaultStep::Respond { code, .. }) if *code != 200 => Some(*code),
-        _ => None,
-    };
-    if let Some(code) = last {
-        steps.push(FaultStep::StatusFor { code, ms: REPEAT_MS });
-    }
-    steps
-}
-
-/// IMDS steps from an azure-init testing-server script (`{"responses": [{"status_code", "response", "delay"}…]}`).
-/// A 200 answers the script's own document.
-pub fn from_azure_init_imds(json: &str) -> Result<Vec<FaultStep>, String> {
-    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
-    let responses = v.get("responses").and_then(|r| r.as_array()).ok_or("no `responses` array")?;
-    let mut steps = Vec::new();
-    for r in responses {
-        let code = r.get("status_code").and_then(|c| c.as_u64()).ok_or("response without status_code")? as u16;
-        let body = r.get("response").map(|b| b.to_string());
-        let delay = r.get("delay").and_then(|d| d.as_u64()).unwrap_or(0);
-        steps.push(scripted(code, body, delay, false));
-    }
-    Ok(repeat_last_error(steps))
-}
-
-fn xml_field(block: &str, tag: &str) -> Option<String> {
-    let open = format!("<{tag}>");
-    let start = block.find(&open)? + open.len();
-    let end = block[start..].find(&format!("</{tag}>"))? + start;
-    Some(block[start..end].trim().to_string())
-}
-
-/// Wireserver steps from an azure-init testing-server script (`<responses><response><status_code>…`). A 200 is
-/// served by the simulator's normal handling (so a health report is validated and recorded), after the delay.
-pub fn from_azure_init_wireserver(xml: &str) -> Result<Vec<FaultStep>, String> {
-    let mut steps = Vec::new();
-    for block in xml.split("<response>").skip(1) {
-        let code = xml_field(block, "status_code")
-            .and_then(|c| c.parse::<u16>().ok())
-            .ok_or("response without status_code")?;
-        let delay = xml_field(block, "delay").and_then(|d| d.parse::<u64>().ok()).unwrap_or(0);
-        steps.push(scripted(code, None, delay, true));
-    }
-    if steps.is_empty() {
-        return Err("no <response> elements".into());
-    }
-    Ok(repeat_last_error(steps))
 }
