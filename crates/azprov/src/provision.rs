@@ -16,7 +16,7 @@ use crate::platform::imds::{self, ImdsConfig, Instance};
 use crate::platform::kvp;
 use crate::platform::media::MediaError;
 use crate::platform::ovf::{self, Environment};
-use crate::platform::wireserver::{self, Health, WireConfig};
+use crate::platform::wireserver::{self, Health, HealthProtocol, WireConfig, WireError};
 use crate::report::{self, Failure, ReportContext};
 use crate::state::{RunResult, RunSummary, State, StepOutcome, StepRecord, VmProgress};
 use crate::system::System;
@@ -508,9 +508,18 @@ impl Run<'_> {
     }
 
     fn post(&mut self, health: &Health) -> Result<(), String> {
-        let wcfg = self.wire_config();
+        let mut wcfg = self.wire_config();
         let t = self.clock.now();
-        let res = wireserver::report_health(&wcfg.client(), &wcfg, self.clock, health);
+        let mut res = wireserver::report_health(&wcfg.client(), &wcfg, self.clock, health);
+        // The XML path needs the goal state; when that keeps failing with a non-retryable answer (not a timeout),
+        // the JSON endpoint needs none (platform.md §5.6).
+        if wcfg.protocol == HealthProtocol::Xml && matches!(res, Err(WireError::Http { .. }) | Err(WireError::Parse(_)))
+        {
+            let why = res.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+            self.warn(&format!("XML health report failed ({why}): trying the JSON health endpoint"));
+            wcfg.protocol = HealthProtocol::Json;
+            res = wireserver::report_health(&wcfg.client(), &wcfg, self.clock, health);
+        }
         let name = if matches!(health, Health::Ready) { "report_ready" } else { "report_failure" };
         match res {
             Ok(o) => {
@@ -519,6 +528,15 @@ impl Run<'_> {
             }
             Err(e) => {
                 self.record(name, StepOutcome::Failed, t, e.to_string());
+                // one diagnostic request: does the endpoint answer at all, and with which protocol versions?
+                let client = HttpClient::new(Duration::from_secs(2), Duration::from_secs(5));
+                match wireserver::fetch_versions(&client, &wcfg.base_url) {
+                    Ok(v) => tracing::warn!(
+                        "wireserver lists protocol versions {v:?} (azprov speaks {})",
+                        wireserver::X_MS_VERSION
+                    ),
+                    Err(d) => tracing::warn!("wireserver versions not available: {d}"),
+                }
                 Err(e.to_string())
             }
         }

@@ -507,3 +507,33 @@ fn root_existing_user_and_keys_are_kept() {
     let entries = env.read("/etc/passwd").lines().filter(|l| l.starts_with(&format!("{}:", vm.username))).count();
     assert_eq!(entries, 1, "not recreated");
 }
+
+#[test]
+fn root_goal_state_rejected_falls_back_to_json_health() {
+    if !can_run_as_root("root_goal_state_rejected_falls_back_to_json_health") {
+        return;
+    }
+    let faults = Faults { goalstate: vec![FaultStep::StatusFor { code: 400, ms: 600_000 }], ..Faults::none() };
+    let env = setup(vm(), faults, Dvd::Udf102);
+    let out = env.provision(&[]);
+    assert_eq!(exit_code(&out), 0);
+    assert_eq!(env.last_report().protocol, "json");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("trying the JSON health endpoint"));
+}
+
+#[test]
+fn root_wireserver_down_ends_unreported_with_versions_diagnostic() {
+    if !can_run_as_root("root_wireserver_down_ends_unreported_with_versions_diagnostic") {
+        return;
+    }
+    let faults = Faults { goalstate: vec![FaultStep::StatusFor { code: 503, ms: 600_000 }], ..Faults::none() };
+    let env = setup_with(vm(), faults, Dvd::Udf102, "[platform]\nwireserver_deadline_secs = 2\n", true);
+    let out = env.provision(&[]);
+    assert_eq!(exit_code(&out), 3);
+    assert!(env.sim.health_reports().is_empty());
+    assert!(env.sim.requests().iter().any(|r| r.endpoint == "versions"), "versions asked for diagnostics");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2012-11-30"));
+    let status = env.status_json();
+    assert_eq!(status["result"], "error");
+    assert_eq!(status["reported"], false);
+}

@@ -240,6 +240,29 @@ fn xml_text(s: &str) -> String {
     escape(&clean(s, usize::MAX))
 }
 
+/// The protocol versions the wireserver lists (`GET /?comp=versions`, sent without the x-ms headers). Diagnostics
+/// only: called once after reporting failed, so the log says whether the endpoint speaks our version at all.
+pub fn fetch_versions(client: &HttpClient, base_url: &str) -> Result<Vec<String>, String> {
+    let url = format!("{}/?comp=versions", base_url.trim_end_matches('/'));
+    let resp = client.get(&url, &[]).map_err(|e| e.to_string())?;
+    if resp.status != 200 {
+        return Err(format!("http {}", resp.status));
+    }
+    let text = String::from_utf8_lossy(&resp.body);
+    let mut out = Vec::new();
+    let mut rest = text.as_ref();
+    while let Some(i) = rest.find("<Version>") {
+        let after = &rest[i + "<Version>".len()..];
+        let Some(j) = after.find("</Version>") else { break };
+        let v = after[..j].trim().to_string();
+        if !out.contains(&v) {
+            out.push(v);
+        }
+        rest = &after[j..];
+    }
+    Ok(out)
+}
+
 /// The XML health document for `POST /machine?comp=health` (escaped, description capped at 512 chars).
 pub fn health_xml(goal: &GoalState, health: &Health) -> String {
     let role_health = match health {
