@@ -511,7 +511,7 @@ pub fn lease_files(sys: &dyn System) -> Vec<PathBuf> {
             }
         }
     }
-    found.sort_by(|a, b| b.1.cmp(&a.1));
+    found.sort_by_key(|f| std::cmp::Reverse(f.1));
     found.into_iter().map(|(p, _)| p).collect()
 }
 
@@ -649,23 +649,28 @@ mod tests {
         for name in names {
             let Some(bytes) = fixture(name) else { return };
             let full = parse_lease_file(&bytes, NOW);
+            let is_packet = sniff(&bytes) == LeaseFormat::Packet;
             for n in 0..=bytes.len() {
                 let cut = &bytes[..n];
                 let got = parse_lease_file(cut, NOW);
                 // A truncated file never yields a different address than the whole file.
                 assert!(got.is_none() || got == full, "{name} cut at {n}: {got:?}");
-                let _ = from_lease_files(&[(name.to_string(), cut.to_vec())], NOW);
-                let _ = dhcp_packet_option(cut, 121).map(|d| parse_classless_routes(&d));
-                let _ = parse_dhclient_leases(&String::from_utf8_lossy(cut), NOW);
-                let _ = parse_networkd_lease(&String::from_utf8_lossy(cut));
-                let _ = route_table_has_wireserver(&String::from_utf8_lossy(cut));
+                if is_packet {
+                    let _ = dhcp_packet_option(cut, 121).map(|d| parse_classless_routes(&d));
+                    let _ = parse_dhclient_leases(&String::from_utf8_lossy(cut), NOW);
+                    let _ = parse_networkd_lease(&String::from_utf8_lossy(cut));
+                    let _ = route_table_has_wireserver(&String::from_utf8_lossy(cut));
+                }
+            }
+            if !is_packet {
+                continue;
             }
             // Every single-byte corruption of the option area (length bytes included).
-            for pos in (COOKIE_OFFSET + 4).min(bytes.len())..bytes.len() {
+            for pos in COOKIE_OFFSET + 4..bytes.len() {
                 for v in [0u8, 1, 4, 52, 0x7f, 0xf5, 0xff] {
                     let mut m = bytes.clone();
                     m[pos] = v;
-                    let _ = parse_lease_file(&m, NOW);
+                    let _ = parse_dhcp_packet(&m);
                     let _ = dhcp_packet_option(&m, 121).map(|d| parse_classless_routes(&d));
                 }
             }
