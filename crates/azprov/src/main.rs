@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use azprov::config;
-use azprov::platform::{media, ovf};
+use azprov::platform::{endpoint, media, ovf};
 use azprov::provision::{self, exit, Options, PhaseSel};
 use azprov::state::State;
 use azprov::system::{RealSystem, System};
@@ -80,6 +80,12 @@ enum Inspect {
     Ovf { file: PathBuf },
     /// A provisioning DVD image or device (UDF or ISO9660).
     Media { path: PathBuf },
+    /// The wireserver address (DHCP option 245) in these lease files (dhclient, networkd or dhcpcd); prints it.
+    Endpoint {
+        /// A lease file (repeatable; the first file with option 245 wins).
+        #[arg(long = "lease", value_name = "FILE", required = true)]
+        leases: Vec<PathBuf>,
+    },
 }
 
 fn init_logging() {
@@ -180,6 +186,7 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         Cmd::Inspect { what } => {
             let bytes = match &what {
+                Inspect::Endpoint { leases } => return inspect_endpoint(leases),
                 Inspect::Ovf { file } => std::fs::read(file).with_context(|| format!("reading {}", file.display()))?,
                 Inspect::Media { path } => {
                     let sys = RealSystem::new("/");
@@ -206,6 +213,25 @@ fn run() -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+    }
+}
+
+/// `azprov inspect endpoint --lease FILE…`: option 245 from the given files only (no route table, no fallback).
+fn inspect_endpoint(leases: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let mut files = Vec::new();
+    for path in leases {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        files.push((path.display().to_string(), bytes));
+    }
+    match endpoint::from_lease_files(&files, azprov::timeutil::now_us() / 1_000_000) {
+        Some(addr) => {
+            println!("{addr}");
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("azprov: no unexpired lease with DHCP option 245 (wireserver address) in the given files");
+            Ok(ExitCode::from(1))
         }
     }
 }
