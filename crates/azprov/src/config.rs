@@ -115,6 +115,7 @@ pub struct Duties {
     pub ssh_keys: Switch,
     pub sshd: SshdDuty,
     pub sudo: SudoDuty,
+    pub host_keys: HostKeysDuty,
 }
 
 impl Default for Duties {
@@ -126,6 +127,7 @@ impl Default for Duties {
             ssh_keys: Switch { enabled: true },
             sshd: SshdDuty::default(),
             sudo: SudoDuty::default(),
+            host_keys: HostKeysDuty::default(),
         }
     }
 }
@@ -195,6 +197,33 @@ pub struct SudoDuty {
 impl Default for SudoDuty {
     fn default() -> Self {
         SudoDuty { enabled: true, file: "/etc/sudoers.d/90-azprov".into() }
+    }
+}
+
+/// Which SSH host key fingerprint goes to the wireserver's role properties (platform.md §5.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FingerprintReport {
+    /// `SHA256<base64>`: the `ssh-keygen -lf` fingerprint without its colon (default).
+    Sha256,
+    /// 32 hex digits: the legacy MD5 fingerprint without colons.
+    Md5,
+    /// Send nothing.
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostKeysDuty {
+    /// Regenerate the SSH host keys on the first boot of a new VM id.
+    pub enabled: bool,
+    /// The host key thumbprint posted to the wireserver after Ready (`sha256`, `md5` or `off`).
+    pub report_fingerprint: FingerprintReport,
+}
+
+impl Default for HostKeysDuty {
+    fn default() -> Self {
+        HostKeysDuty { enabled: true, report_fingerprint: FingerprintReport::Sha256 }
     }
 }
 
@@ -362,6 +391,31 @@ mod tests {
         assert!(e.contains("x.toml") && e.contains("health_protocol"), "{e}");
         let e = from_sources(&[src("y.toml", "[kvp]\nenabled = \"yes\"\n")], &no_env).unwrap_err().to_string();
         assert!(e.contains("y.toml") && e.contains("enabled"), "{e}");
+    }
+
+    #[test]
+    fn host_keys_section() {
+        let c = from_sources(&[], &no_env).unwrap();
+        assert!(c.duties.host_keys.enabled);
+        assert_eq!(c.duties.host_keys.report_fingerprint, FingerprintReport::Sha256);
+        for (text, want) in
+            [("md5", FingerprintReport::Md5), ("off", FingerprintReport::Off), ("sha256", FingerprintReport::Sha256)]
+        {
+            let t = format!("[duties.host_keys]\nreport_fingerprint = \"{text}\"\n");
+            let c = from_sources(&[src("a.toml", &t)], &no_env).unwrap();
+            assert_eq!(c.duties.host_keys.report_fingerprint, want);
+            assert!(c.duties.host_keys.enabled);
+        }
+        let c = from_sources(&[src("a.toml", "[duties.host_keys]\nenabled = false\n")], &no_env).unwrap();
+        assert!(!c.duties.host_keys.enabled);
+        assert_eq!(c.duties.host_keys.report_fingerprint, FingerprintReport::Sha256);
+        let e = from_sources(&[src("b.toml", "[duties.host_keys]\nreport_fingerprint = \"SHA1\"\n")], &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("b.toml") && e.contains("report_fingerprint"), "{e}");
+        let e =
+            from_sources(&[src("c.toml", "[duties.host_keys]\nregenerate = true\n")], &no_env).unwrap_err().to_string();
+        assert!(e.contains("c.toml") && e.contains("regenerate"), "{e}");
     }
 
     #[test]

@@ -108,6 +108,11 @@ pub enum WireError {
     Http { code: u16 },
     #[error("error parsing wireserver goal state: {0}")]
     Parse(String),
+    /// A success code other than the one the endpoint promises (role properties: exactly 202).
+    #[error("unexpected http status {code} from the wireserver (expected {expected})")]
+    UnexpectedStatus { code: u16, expected: u16 },
+    #[error("timeout sending role properties to the wireserver: {last}")]
+    RolePropertiesDeadline { last: String },
 }
 
 impl WireError {
@@ -317,6 +322,26 @@ pub fn health_json(health: &Health) -> String {
     v.to_string()
 }
 
+/// Escape an XML attribute value (double-quoted).
+fn escape_attr(s: &str) -> String {
+    escape(&clean(s, usize::MAX)).replace('"', "&quot;").replace('\'', "&apos;")
+}
+
+/// The role-properties document for `POST /machine?comp=roleProperties` (platform.md §5.7): the SSH host key
+/// thumbprint as the role's `CertificateThumbprint` property; every value escaped.
+pub fn role_properties_xml(goal: &GoalState, thumbprint: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n\
+         <RoleProperties><Container><ContainerId>{}</ContainerId>\n  \
+         <RoleInstances><RoleInstance><Id>{}</Id>\n    \
+         <Properties><Property name=\"CertificateThumbprint\" value=\"{}\"/></Properties>\n  \
+         </RoleInstance></RoleInstances></Container></RoleProperties>\n",
+        xml_text(&goal.container_id),
+        xml_text(&goal.instance_id),
+        escape_attr(thumbprint),
+    )
+}
+
 /// A failed attempt, classified.
 enum Failed {
     /// Try again after a pause (`stale`: the goal state is outdated, 409/410: the first one retries at once).
@@ -383,11 +408,28 @@ impl<'a> Driver<'a> {
     }
 }
 
+/// Which answers count as success.
+#[derive(Debug, Clone, Copy)]
+enum Accept {
+    Any2xx,
+    /// Exactly this code; any other 2xx is a fatal error.
+    Exactly(u16),
+}
+
 /// Classify an HTTP answer: `Ok(())` for 2xx.
 fn classify(what: &str, resp: &Response) -> Result<(), Failed> {
+    classify_as(what, resp, Accept::Any2xx)
+}
+
+fn classify_as(what: &str, resp: &Response, accept: Accept) -> Result<(), Failed> {
     let code = resp.status;
     match code {
-        200..=299 => Ok(()),
+        200..=299 => match accept {
+            Accept::Exactly(expected) if code != expected => {
+                Err(Failed::Fatal(WireError::UnexpectedStatus { code, expected }))
+            }
+            _ => Ok(()),
+        },
         409 | 410 => Err(Failed::Retry { last: format!("{what}: http {code}"), retry_after: None, stale: true }),
         403 | 404 | 408 | 429 | 500..=599 => {
             let retry_after = if code == 429 || code == 503 { resp.retry_after() } else { None };
@@ -404,6 +446,7 @@ fn transport_failure(what: &str, e: TransportError) -> Failed {
 const GOAL_STATE: &str = "GET /machine/?comp=goalstate";
 const HEALTH_XML: &str = "POST /machine?comp=health";
 const HEALTH_JSON: &str = "POST /provisioning/health";
+const ROLE_PROPERTIES: &str = "POST /machine?comp=roleProperties";
 
 /// One goal-state request.
 fn goal_state_once(client: &HttpClient, cfg: &WireConfig, attempt: u32) -> Result<GoalState, Failed> {
@@ -434,6 +477,65 @@ pub fn fetch_goal_state(client: &HttpClient, cfg: &WireConfig, clock: &dyn Clock
     }
 }
 
+/// One POST, prepared for one attempt.
+struct Post {
+    url: String,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+}
+
+/// Headers of the XML POSTs (platform.md §5.2).
+fn xml_headers() -> Vec<(&'static str, String)> {
+    vec![
+        ("x-ms-agent-name", AGENT_NAME.to_string()),
+        ("x-ms-version", X_MS_VERSION.to_string()),
+        ("Content-Type", "text/xml;charset=utf-8".to_string()),
+    ]
+}
+
+/// The retry loop of every wireserver POST: `prepare` builds each attempt's request (fetching a fresh goal state
+/// when the document needs one; its failures are retried like the POST's), the answer is classified per
+/// platform.md §5.2 (a 409/410 retries at once with a new goal state) until `cfg.deadline`.
+/// `ReportOutcome::attempts` counts POSTs.
+fn post_retrying(
+    client: &HttpClient,
+    cfg: &WireConfig,
+    clock: &dyn Clock,
+    what: &str,
+    accept: Accept,
+    mut prepare: impl FnMut(u32) -> Result<Post, Failed>,
+) -> Result<ReportOutcome, WireError> {
+    let mut d = Driver::new(cfg, clock);
+    let mut posts = 0u32;
+    loop {
+        let attempt = d.retry.pace();
+        let post = match prepare(attempt) {
+            Ok(p) => p,
+            Err(f) => {
+                d.handle(f)?;
+                continue;
+            }
+        };
+        d.bad_goal_states = 0;
+        posts += 1;
+        let headers: Vec<(&str, &str)> = post.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let failed = match client.post(&post.url, &headers, post.body.as_bytes()) {
+            Ok(resp) => {
+                debug!(attempt = posts, what, status = resp.status, "wireserver answered");
+                match classify_as(what, &resp, accept) {
+                    Ok(()) => return Ok(ReportOutcome { attempts: posts, status: resp.status }),
+                    Err(f) => f,
+                }
+            }
+            Err(e) => {
+                debug!(attempt = posts, what, error = %e, "wireserver request failed");
+                transport_failure(what, e)
+            }
+        };
+        d.handle(failed)?;
+    }
+}
+
 /// Report `health`, fetching a fresh goal state before each POST (XML protocol), retrying until `cfg.deadline`.
 /// `ReportOutcome::attempts` counts health POSTs.
 pub fn report_health(
@@ -442,55 +544,55 @@ pub fn report_health(
     clock: &dyn Clock,
     health: &Health,
 ) -> Result<ReportOutcome, WireError> {
-    let mut d = Driver::new(cfg, clock);
-    let mut posts = 0u32;
-    loop {
-        let attempt = d.retry.pace();
-        let (path, what, result) = match cfg.protocol {
-            HealthProtocol::Xml => {
-                let goal = match goal_state_once(client, cfg, attempt) {
-                    Ok(g) => g,
-                    Err(f) => {
-                        d.handle(f)?;
-                        continue;
-                    }
-                };
-                d.bad_goal_states = 0;
-                let body = health_xml(&goal, health);
-                let url = format!("{}/machine?comp=health", cfg.base());
-                let headers = [
-                    ("x-ms-agent-name", AGENT_NAME),
-                    ("x-ms-version", X_MS_VERSION),
-                    ("Content-Type", "text/xml;charset=utf-8"),
-                ];
-                posts += 1;
-                debug!(attempt = posts, incarnation = %goal.incarnation, "posting XML health report");
-                ("/machine?comp=health", HEALTH_XML, client.post(&url, &headers, body.as_bytes()))
-            }
-            HealthProtocol::Json => {
-                let body = health_json(health);
-                let url = format!("{}/provisioning/health", cfg.base());
-                let agent = format!("{AGENT_NAME} v{}", crate::VERSION);
-                let headers = [("Content-Type", "application/json"), ("x-ms-guest-agent-name", agent.as_str())];
-                posts += 1;
-                ("/provisioning/health", HEALTH_JSON, client.post(&url, &headers, body.as_bytes()))
-            }
-        };
-        let failed = match result {
-            Ok(resp) => {
-                debug!(attempt = posts, path, status = resp.status, "health report answered");
-                match classify(what, &resp) {
-                    Ok(()) => return Ok(ReportOutcome { attempts: posts, status: resp.status }),
-                    Err(f) => f,
-                }
-            }
-            Err(e) => {
-                debug!(attempt = posts, path, error = %e, "health report failed");
-                transport_failure(what, e)
-            }
-        };
-        d.handle(failed)?;
+    match cfg.protocol {
+        HealthProtocol::Xml => post_retrying(client, cfg, clock, HEALTH_XML, Accept::Any2xx, |attempt| {
+            let goal = goal_state_once(client, cfg, attempt)?;
+            debug!(incarnation = %goal.incarnation, "posting XML health report");
+            Ok(Post {
+                url: format!("{}/machine?comp=health", cfg.base()),
+                headers: xml_headers(),
+                body: health_xml(&goal, health),
+            })
+        }),
+        HealthProtocol::Json => {
+            let agent = format!("{AGENT_NAME} v{}", crate::VERSION);
+            post_retrying(client, cfg, clock, HEALTH_JSON, Accept::Any2xx, |_| {
+                Ok(Post {
+                    url: format!("{}/provisioning/health", cfg.base()),
+                    headers: vec![
+                        ("Content-Type", "application/json".into()),
+                        ("x-ms-guest-agent-name", agent.clone()),
+                    ],
+                    body: health_json(health),
+                })
+            })
+        }
     }
+}
+
+/// Send the SSH host key thumbprint as role properties (platform.md §5.7): a fresh goal state before each POST
+/// (whatever `cfg.protocol` says: the document needs the container and instance ids), success is exactly HTTP
+/// 202, retried like [`report_health`] until `cfg.deadline`. Call it only after Ready was accepted, with a short
+/// deadline of its own: it must never delay Ready.
+pub fn report_role_properties(
+    client: &HttpClient,
+    cfg: &WireConfig,
+    clock: &dyn Clock,
+    thumbprint: &str,
+) -> Result<(), WireError> {
+    post_retrying(client, cfg, clock, ROLE_PROPERTIES, Accept::Exactly(202), |attempt| {
+        let goal = goal_state_once(client, cfg, attempt)?;
+        Ok(Post {
+            url: format!("{}/machine?comp=roleProperties", cfg.base()),
+            headers: xml_headers(),
+            body: role_properties_xml(&goal, thumbprint),
+        })
+    })
+    .map(|_| ())
+    .map_err(|e| match e {
+        WireError::Deadline { last } => WireError::RolePropertiesDeadline { last },
+        e => e,
+    })
 }
 
 #[cfg(test)]
@@ -850,5 +952,124 @@ mod tests {
                 serde_json::json!({"state":"NotReady","details":{"subStatus":"ProvisioningFailed","description":"result=error"}})
             );
         }
+    }
+
+    #[test]
+    fn role_properties_document_matches_spec() {
+        let want = r#"<?xml version="1.0" encoding="utf-8"?>
+<RoleProperties><Container><ContainerId>2f1c6c3e-8a4b-4d55-9a3e-0c7b6d1e4f21</ContainerId>
+  <RoleInstances><RoleInstance><Id>7d3b1a52-1e44-4c1b-b6a2-4b0f8f6e2c10.web-01-vm</Id>
+    <Properties><Property name="CertificateThumbprint" value="SHA256q3Zc0y1ExampleFingerprintWithoutColons"/></Properties>
+  </RoleInstance></RoleInstances></Container></RoleProperties>
+"#;
+        assert_eq!(role_properties_xml(&goal(), "SHA256q3Zc0y1ExampleFingerprintWithoutColons"), want);
+    }
+
+    #[test]
+    fn role_properties_escaping() {
+        let mut g = goal();
+        g.container_id = "c&<x>".into();
+        g.instance_id = "i\u{1}\"'".into();
+        let thumb = "SHA256a+/b\"'<&>\u{7}";
+        let doc = role_properties_xml(&g, thumb);
+        assert!(doc.contains("<ContainerId>c&amp;&lt;x&gt;</ContainerId>"), "{doc}");
+        assert!(doc.contains("<Id>i\"'</Id>"), "{doc}");
+        assert!(doc.contains(r#"value="SHA256a+/b&quot;&apos;&lt;&amp;&gt;""#), "{doc}");
+        // well-formed, and the attribute reads back as sent (minus the forbidden control character)
+        let mut r = quick_xml::Reader::from_str(&doc);
+        let mut value = None;
+        loop {
+            match r.read_event().unwrap() {
+                Event::Empty(e) if e.local_name().as_ref() == b"Property" => {
+                    let a = e.try_get_attribute("value").unwrap().unwrap();
+                    value = Some(a.unescape_value().unwrap().into_owned());
+                }
+                Event::Eof => break,
+                _ => {}
+            }
+        }
+        assert_eq!(value.as_deref(), Some("SHA256a+/b\"'<&>"));
+    }
+
+    fn sim_cfg(sim: &azprov_sim::Simulator, clock: &dyn Clock, secs: u64) -> WireConfig {
+        WireConfig::new(sim.url(), HealthProtocol::Xml, clock.now() + Duration::from_secs(secs))
+    }
+
+    fn role_property_statuses(sim: &azprov_sim::Simulator) -> Vec<Option<u16>> {
+        sim.requests().iter().filter(|r| r.endpoint == "role_properties").map(|r| r.status).collect()
+    }
+
+    #[test]
+    fn role_properties_accepted_by_the_simulator() {
+        let sim =
+            azprov_sim::Simulator::start(azprov_sim::VmDefinition::default(), azprov_sim::Faults::none()).unwrap();
+        let clock = FakeClock::new();
+        let thumb = "SHA256R2MLIy3nBGs9ZLxknaK8tPiUMqsfPebOEgEozIZs9Vk";
+        report_role_properties(&client(), &sim_cfg(&sim, &clock, 60), &clock, thumb).unwrap();
+        assert_eq!(sim.role_properties(), vec![("CertificateThumbprint".to_string(), thumb.to_string())]);
+        assert_eq!(role_property_statuses(&sim), vec![Some(202)]);
+        let reqs = sim.requests();
+        let endpoints: Vec<&str> = reqs.iter().map(|r| r.endpoint.as_str()).collect();
+        assert_eq!(endpoints, ["goalstate", "role_properties"]);
+        assert!(clock.sleeps().is_empty(), "{:?}", clock.sleeps());
+        // health reports are untouched
+        assert!(sim.health_reports().is_empty());
+    }
+
+    #[test]
+    fn role_properties_503_then_202() {
+        use azprov_sim::faults::{FaultStep, Faults};
+        let faults = Faults {
+            role_properties: vec![
+                FaultStep::Status { code: 503, body: None, retry_after: Some(3) },
+                FaultStep::Status { code: 500, body: None, retry_after: None },
+            ],
+            ..Faults::none()
+        };
+        let sim = azprov_sim::Simulator::start(azprov_sim::VmDefinition::default(), faults).unwrap();
+        let clock = FakeClock::new();
+        report_role_properties(&client(), &sim_cfg(&sim, &clock, 600), &clock, "SHA256abc").unwrap();
+        assert_eq!(role_property_statuses(&sim), vec![Some(503), Some(500), Some(202)]);
+        assert_eq!(sim.role_properties(), vec![("CertificateThumbprint".to_string(), "SHA256abc".to_string())]);
+        // a fresh goal state before every POST
+        let endpoints: Vec<String> = sim.requests().iter().map(|r| r.endpoint.clone()).collect();
+        assert_eq!(endpoints.iter().filter(|e| *e == "goalstate").count(), 3, "{endpoints:?}");
+        // Retry-After honoured, then backoff
+        let sleeps = clock.sleeps();
+        assert_eq!(sleeps[0], Duration::from_secs(3), "{sleeps:?}");
+    }
+
+    #[test]
+    fn role_properties_other_2xx_is_a_failure() {
+        use azprov_sim::faults::{FaultStep, Faults};
+        let faults = Faults {
+            role_properties: vec![FaultStep::Status { code: 200, body: Some(String::new()), retry_after: None }],
+            ..Faults::none()
+        };
+        let sim = azprov_sim::Simulator::start(azprov_sim::VmDefinition::default(), faults).unwrap();
+        let clock = FakeClock::new();
+        let e = report_role_properties(&client(), &sim_cfg(&sim, &clock, 600), &clock, "0011").unwrap_err();
+        assert_eq!(e, WireError::UnexpectedStatus { code: 200, expected: 202 });
+        assert_eq!(e.to_string(), "unexpected http status 200 from the wireserver (expected 202)");
+        assert_eq!(role_property_statuses(&sim), vec![Some(200)]);
+        assert!(sim.role_properties().is_empty());
+    }
+
+    #[test]
+    fn role_properties_deadline_names_the_endpoint() {
+        let srv = Scripted::start(|_, req| match req.method.as_str() {
+            "GET" => reply(200, &goal_xml("5")),
+            _ => reply(503, ""),
+        });
+        let e = report_role_properties(&client(), &cfg(&srv.base, HealthProtocol::Json, 300), &SystemClock, "x")
+            .unwrap_err();
+        let seen = srv.finish();
+        assert_eq!(e, WireError::RolePropertiesDeadline { last: "POST /machine?comp=roleProperties: http 503".into() });
+        // XML headers even when health goes through JSON
+        let post = seen.iter().find(|r| r.method == "POST").unwrap();
+        assert_eq!(post.url, "/machine?comp=roleProperties");
+        assert_wire_headers(post);
+        assert_eq!(post.header("Content-Type"), Some("text/xml;charset=utf-8"));
+        assert!(post.body.contains(r#"<Property name="CertificateThumbprint" value="x"/>"#));
     }
 }
