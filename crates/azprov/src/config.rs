@@ -27,7 +27,8 @@ pub struct Config {
 pub struct PlatformConfig {
     /// IMDS base URL (env `AZPROV_IMDS_URL` overrides).
     pub imds_url: String,
-    /// Wireserver base URL (env `AZPROV_WIRESERVER_URL` overrides).
+    /// Wireserver base URL, or `auto`: an existing host route, else DHCP option 245 from the active client's
+    /// lease, else 168.63.129.16 (env `AZPROV_WIRESERVER_URL` overrides).
     pub wireserver_url: String,
     /// `xml` (goal state + `comp=health`) or `json` (`/provisioning/health`).
     pub health_protocol: HealthProtocol,
@@ -48,7 +49,7 @@ impl Default for PlatformConfig {
     fn default() -> Self {
         PlatformConfig {
             imds_url: "http://169.254.169.254".into(),
-            wireserver_url: "http://168.63.129.16".into(),
+            wireserver_url: "auto".into(),
             health_protocol: HealthProtocol::Xml,
             imds_deadline_secs: 300,
             wireserver_deadline_secs: 1200,
@@ -298,7 +299,8 @@ pub fn from_sources(sources: &[Source], env: &dyn Fn(&str) -> Option<String>) ->
     for (key, url) in
         [("platform.imds_url", &cfg.platform.imds_url), ("platform.wireserver_url", &cfg.platform.wireserver_url)]
     {
-        if !url.starts_with("http://") {
+        let auto = key == "platform.wireserver_url" && url == "auto";
+        if !(url.starts_with("http://") || auto) {
             return Err(ConfigError::Invalid {
                 file: "effective configuration".into(),
                 msg: format!("{key}: `{url}` is not an http:// URL"),
@@ -426,7 +428,7 @@ mod tests {
         };
         let c = from_sources(&[src("a.toml", "[platform]\nimds_url = \"http://127.0.0.2\"\n")], &env).unwrap();
         assert_eq!(c.platform.imds_url, "http://127.0.0.1:8080");
-        assert_eq!(c.platform.wireserver_url, "http://168.63.129.16");
+        assert_eq!(c.platform.wireserver_url, "auto");
     }
 
     #[test]

@@ -4,12 +4,14 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::duties::{self, Outcome, Passwd};
 use crate::plan::{self, Action, Phase, Plan};
 use crate::platform::cdrom::{self, Found};
+use crate::platform::endpoint;
 use crate::platform::http::HttpClient;
 use crate::platform::identity;
 use crate::platform::imds::{self, ImdsConfig, Instance};
@@ -91,7 +93,16 @@ struct Run<'a> {
     /// Drive the OVF came from (ejected after Ready).
     device: Option<PathBuf>,
     warnings: Vec<String>,
+    /// Host-key generation running off the path to Ready: its result arrives here.
+    host_keys: Option<mpsc::Receiver<(Outcome, u64)>>,
+    /// This run had Ready accepted (role properties follow it).
+    ready_now: bool,
+    /// The wireserver base URL, resolved once (configured, or discovered: route, DHCP option 245, default).
+    wire_url: Option<String>,
 }
+
+/// Progress key of the host-key step (once per VM id).
+const HOST_KEYS: &str = "host_keys";
 
 fn imds_client(cfg: &Config) -> HttpClient {
     HttpClient::new(
@@ -130,6 +141,9 @@ pub fn provision(sys: &dyn System, cfg: &Config, opts: &Options, clock: &dyn Clo
         boot_epoch: sys.boot_time().unwrap_or(0),
         device: None,
         warnings: Vec::new(),
+        host_keys: None,
+        ready_now: false,
+        wire_url: None,
     };
     run.go()
 }
@@ -162,7 +176,7 @@ fn read_identity(sys: &dyn System) -> (Result<String, Failure>, bool) {
     (id, azure)
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
     fn go(&mut self) -> RunOutcome {
         let (vm_id, azure) = read_identity(self.sys);
         if !azure && self.cfg.platform.require_azure && !self.platform_answers() {
@@ -217,6 +231,10 @@ impl Run<'_> {
                 let imds = imds_thread.and_then(|h| h.join().ok()).and_then(|r| r.ok());
                 return self.dry_run(env.as_ref(), imds.as_ref());
             }
+            if self.opts.phase.local() && env.is_some() {
+                // a new VM from a generalized image: fresh host keys, generated while everything else goes on
+                self.start_host_keys(s);
+            }
             if self.opts.phase.local() {
                 let id = plan::identity(env.as_ref(), None);
                 let p = plan::plan(&self.vm_id, &id, self.cfg, &self.progress.done, Phase::Local);
@@ -236,8 +254,97 @@ impl Run<'_> {
                         .fail(Failure::new("unexpected error querying IMDS").with("exception", "IMDS thread failed"))
                 }
             };
+            if env.is_none() && instance.has_os_profile {
+                // no DVD but not a specialized disk: still a new VM that needs its own host keys
+                self.start_host_keys(s);
+            }
             self.network_phase(env.as_ref(), &instance)
         })
+    }
+
+    /// Regenerate host keys on a thread (about a second of CPU for RSA): once per VM id, joined in `finish`.
+    fn start_host_keys<'scope>(&mut self, s: &'scope std::thread::Scope<'scope, '_>)
+    where
+        'a: 'scope,
+    {
+        let done = self.progress.done.iter().any(|d| d == HOST_KEYS);
+        if !self.cfg.duties.host_keys.enabled || done || self.host_keys.is_some() {
+            return;
+        }
+        let (tx, rx) = mpsc::channel();
+        let (sys, clock) = (self.sys, self.clock);
+        s.spawn(move || {
+            let t = clock.now();
+            let outcome = duties::host_keys::regenerate(sys);
+            let _ = tx.send((outcome, clock.now().duration_since(t).as_millis() as u64));
+        });
+        self.host_keys = Some(rx);
+    }
+
+    /// Wait for host keys (if generating), report their fingerprints, and send them to the platform after Ready.
+    fn finish_host_keys(&mut self) {
+        let Some(rx) = self.host_keys.take() else {
+            if self.ready_now {
+                self.role_properties();
+            }
+            return;
+        };
+        let Ok((outcome, ms)) = rx.recv() else { return };
+        let (so, detail) = match outcome {
+            Outcome::Done(d) => (StepOutcome::Done, d),
+            Outcome::Skipped(d) => (StepOutcome::Skipped, d),
+            Outcome::Failed(f) => {
+                self.warn(&format!("SSH host keys: {f}"));
+                (StepOutcome::Failed, f.to_string())
+            }
+        };
+        tracing::info!("host_keys: {detail}");
+        self.steps.push(StepRecord { name: HOST_KEYS.into(), outcome: so, duration_ms: ms, detail });
+        if so != StepOutcome::Failed {
+            self.progress.done.push(HOST_KEYS.into());
+            self.save_progress();
+        }
+        let fps = duties::host_keys::fingerprints(self.sys);
+        if !fps.is_empty() {
+            // users compare these with their first login; boot diagnostics shows the console
+            tracing::info!("\n{}", duties::host_keys::console_block(&fps));
+            if self.cfg.kvp.enabled {
+                let key =
+                    format!("azprov|{}|host_keys|fingerprints|{}|{}", self.boot_epoch, self.vm_id, timeutil::uuid4());
+                let rec = kvp::records(&key, &duties::host_keys::kvp_value(&fps));
+                if let Err(e) = self.sys.kvp_append(&self.cfg.kvp.pool_path, &rec) {
+                    tracing::warn!("cannot write KVP: {e}");
+                }
+            }
+        }
+        if self.ready_now {
+            self.role_properties();
+        }
+    }
+
+    /// The host key thumbprint to the platform (role properties, HTTP 202); logged on failure, never fatal.
+    fn role_properties(&mut self) {
+        let format = self.cfg.duties.host_keys.report_fingerprint;
+        let t = self.clock.now();
+        if format == crate::config::FingerprintReport::Off || !self.cfg.duties.host_keys.enabled {
+            return;
+        }
+        let fps = duties::host_keys::fingerprints(self.sys);
+        let Some(thumb) = duties::host_keys::thumbprint(&fps, format) else {
+            self.record("role_properties", StepOutcome::Skipped, t, "no SSH host key to report".into());
+            return;
+        };
+        let mut w = self.wire_config();
+        w.deadline = self.clock.now() + Duration::from_secs(60);
+        match wireserver::report_role_properties(&w.client(), &w, self.clock, &thumb) {
+            Ok(()) => {
+                self.record("role_properties", StepOutcome::Done, t, format!("host key thumbprint {thumb} reported"))
+            }
+            Err(e) => {
+                self.warn(&format!("host key thumbprint not reported: {e}"));
+                self.record("role_properties", StepOutcome::Failed, t, e.to_string());
+            }
+        }
     }
 
     /// A single short IMDS request: does anything answer like a platform?
@@ -332,7 +439,14 @@ impl Run<'_> {
             obj.insert("warnings".into(), serde_json::json!(self.warnings));
             obj.insert(
                 "then".into(),
-                serde_json::json!(["kvp PROVISIONING_REPORT", "health Ready", "provisioned marker", "eject DVD"]),
+                serde_json::json!([
+                    "host keys (in the background, once per VM id)",
+                    "kvp PROVISIONING_REPORT",
+                    "health Ready",
+                    "provisioned marker",
+                    "eject DVD",
+                    "host key thumbprint (role properties)"
+                ]),
             );
         }
         RunOutcome {
@@ -485,9 +599,25 @@ impl Run<'_> {
         ReportContext { vm_id: self.vm_id.clone(), pps_type: self.pps_type.clone(), timestamp_us: timeutil::now_us() }
     }
 
-    fn wire_config(&self) -> WireConfig {
+    /// The configured wireserver URL, or the discovered one when configured as `auto`.
+    fn wire_url(&mut self) -> String {
+        if let Some(u) = &self.wire_url {
+            return u.clone();
+        }
+        let url = if self.cfg.platform.wireserver_url == "auto" {
+            let d = endpoint::discover(self.sys, timeutil::now_us() / 1_000_000);
+            tracing::info!("wireserver {} ({})", d.address, d.source);
+            d.url()
+        } else {
+            self.cfg.platform.wireserver_url.clone()
+        };
+        self.wire_url = Some(url.clone());
+        url
+    }
+
+    fn wire_config(&mut self) -> WireConfig {
         let mut w = WireConfig::new(
-            self.cfg.platform.wireserver_url.clone(),
+            self.wire_url(),
             self.cfg.platform.health_protocol,
             self.started + Duration::from_secs(self.cfg.platform.wireserver_deadline_secs),
         );
@@ -549,6 +679,7 @@ impl Run<'_> {
             let msg = format!("could not report Ready: {e}");
             return self.finish(exit::UNREPORTED, RunResult::Error, Some(msg.clone()), false, msg);
         }
+        self.ready_now = true;
         // only now: the marker, then the DVD and the unredacted copy go away
         let ts = timeutil::iso8601_utc(ctx.timestamp_us);
         if let Err(e) = self.state.mark_provisioned(&self.vm_id, &ts) {
@@ -605,6 +736,7 @@ impl Run<'_> {
         reported: bool,
         message: String,
     ) -> RunOutcome {
+        self.finish_host_keys();
         let summary = RunSummary {
             vm_id: Some(self.vm_id.clone()).filter(|v| !v.is_empty()),
             result,

@@ -38,6 +38,10 @@ detect_timeout_ms = 300
 
 [media]
 wait_secs = 1
+
+# ssh-keygen -A costs about a second of CPU per run: enabled only by the tests about host keys
+[duties.host_keys]
+enabled = false
 "#;
 
 /// True when the tests can create users in a sandbox (useradd --root chroots: root only).

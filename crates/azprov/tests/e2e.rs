@@ -537,3 +537,42 @@ fn root_wireserver_down_ends_unreported_with_versions_diagnostic() {
     assert_eq!(status["result"], "error");
     assert_eq!(status["reported"], false);
 }
+
+#[test]
+fn root_host_keys_regenerated_once_and_thumbprint_reported() {
+    if !can_run_as_root("root_host_keys_regenerated_once_and_thumbprint_reported") {
+        return;
+    }
+    let vm = vm();
+    let env = setup_with(vm.clone(), Faults::none(), Dvd::Udf102, "[duties.host_keys]\nenabled = true\n", true);
+    // a stale key from the generalized image
+    std::fs::write(env.path("/etc/ssh/ssh_host_rsa_key"), "stale").unwrap();
+    let out = env.provision(&[]);
+    assert_eq!(exit_code(&out), 0);
+    assert!(env.sim.ready_reported());
+    let rsa = env.read("/etc/ssh/ssh_host_rsa_key");
+    assert!(rsa.contains("PRIVATE KEY"), "regenerated");
+    assert_eq!(env.mode("/etc/ssh/ssh_host_rsa_key"), 0o600);
+    assert_eq!(env.mode("/etc/ssh/ssh_host_ed25519_key.pub"), 0o644);
+    // the thumbprint went to the platform after Ready, matching ssh-keygen's own fingerprint
+    let props = env.sim.role_properties();
+    assert_eq!(props.len(), 1, "{props:?}");
+    assert_eq!(props[0].0, "CertificateThumbprint");
+    let fp = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(env.path("/etc/ssh/ssh_host_rsa_key.pub"))
+        .output()
+        .unwrap();
+    let fp = String::from_utf8_lossy(&fp.stdout).split_whitespace().nth(1).unwrap().replace(':', "");
+    assert_eq!(props[0].1, fp);
+    let kvp = std::fs::read(env.path("/var/lib/hyperv/.kvp_pool_1")).unwrap();
+    assert!(azprov::platform::kvp::parse_pool(&kvp)
+        .iter()
+        .any(|(k, v)| k.contains("|host_keys|fingerprints|") && v.contains("SHA256:")));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SSH HOST KEY FINGERPRINTS"));
+    let status = env.status_json();
+    assert!(status["steps"].as_array().unwrap().iter().any(|s| s["name"] == "host_keys" && s["outcome"] == "done"));
+    // a later boot of the same VM: the keys stay
+    assert_eq!(exit_code(&env.provision(&[])), 0);
+    assert_eq!(env.read("/etc/ssh/ssh_host_rsa_key"), rsa);
+}
