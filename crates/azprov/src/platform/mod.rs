@@ -3,6 +3,7 @@
 //! and retry policy from the caller.
 
 pub mod cdrom;
+pub mod certificates;
 pub mod http;
 pub mod identity;
 pub mod imds;
