@@ -11,8 +11,7 @@ use base64::Engine;
 use der::asn1::ObjectIdentifier;
 use der::{Decode, DecodePem, Encode};
 use pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
-use rsa::traits::PublicKeyParts;
-use rsa::{PrivateKey as RsaPrivateKey, PublicKey as RsaPublicKey};
+use rsa::PrivateKey as RsaPrivateKey;
 use sha1::{Digest, Sha1};
 use spki::{EncodePublicKey, SubjectPublicKeyInfoRef};
 use tracing::warn;
@@ -159,9 +158,8 @@ impl BuilderProfile for TransportProfile {
     ) -> x509_cert::builder::Result<Vec<Extension>> {
         // SubjectKeyIdentifier: SHA-1 of the subjectPublicKey BIT STRING contents (RFC 5280 §4.2.1.2 method 1).
         let ski = SubjectKeyIdentifier::try_from(spk)?;
-        let mut extensions: Vec<Extension> = Vec::new();
-        extensions
-            .push(BasicConstraints { ca: true, path_len_constraint: None }.to_extension(tbs.subject(), &extensions)?);
+        let basic = BasicConstraints { ca: true, path_len_constraint: None }.to_extension(tbs.subject(), &[])?;
+        let mut extensions: Vec<Extension> = vec![basic];
         extensions.push(ski.to_extension(tbs.subject(), &extensions)?);
         extensions.push(
             AuthorityKeyIdentifier { key_identifier: Some(ski.0.clone()), ..Default::default() }
@@ -279,6 +277,943 @@ fn pem(label: &str, der: &[u8]) -> String {
     out
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// A small BER reader (definite and indefinite lengths, constructed strings)
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Just enough BER to walk CMS and PKCS#12: tag/length/content, nested parsing, constructed OCTET STRINGs.
+pub(crate) mod asn1 {
+    /// Nesting limit (CMS/PKCS#12 need fewer than 20 levels).
+    const MAX_DEPTH: usize = 48;
+
+    pub const UNIVERSAL: u8 = 0;
+    pub const CONTEXT: u8 = 2;
+    pub const INTEGER: u32 = 2;
+    pub const OCTET_STRING: u32 = 4;
+    pub const OID: u32 = 6;
+    pub const SEQUENCE: u32 = 16;
+    pub const SET: u32 = 17;
+
+    /// One element. For an indefinite length, `content` excludes the end-of-contents marker.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Tlv<'a> {
+        pub class: u8,
+        pub constructed: bool,
+        pub number: u32,
+        pub content: &'a [u8],
+    }
+
+    fn short(what: &str) -> String {
+        format!("truncated {what}")
+    }
+
+    /// Parse one element at the start of `input`; returns it and the number of bytes it took.
+    fn parse_one(input: &[u8], depth: usize) -> Result<(Tlv<'_>, usize), String> {
+        if depth > MAX_DEPTH {
+            return Err("nesting too deep".into());
+        }
+        let b0 = *input.first().ok_or_else(|| short("tag"))?;
+        let class = b0 >> 6;
+        let constructed = b0 & 0x20 != 0;
+        let mut pos = 1;
+        let mut number = u32::from(b0 & 0x1f);
+        if number == 0x1f {
+            number = 0;
+            loop {
+                let b = *input.get(pos).ok_or_else(|| short("tag"))?;
+                pos += 1;
+                if number > (u32::MAX >> 7) {
+                    return Err("tag number too large".into());
+                }
+                number = (number << 7) | u32::from(b & 0x7f);
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+        }
+        let l0 = *input.get(pos).ok_or_else(|| short("length"))?;
+        pos += 1;
+        if l0 == 0x80 {
+            if !constructed {
+                return Err("indefinite length on a primitive element".into());
+            }
+            let start = pos;
+            loop {
+                let rest = &input[pos..];
+                if rest.len() < 2 {
+                    return Err(short("indefinite-length element"));
+                }
+                if rest[0] == 0 && rest[1] == 0 {
+                    let tlv = Tlv { class, constructed, number, content: &input[start..pos] };
+                    return Ok((tlv, pos + 2));
+                }
+                let (_, used) = parse_one(rest, depth + 1)?;
+                pos += used;
+            }
+        }
+        let len = if l0 < 0x80 {
+            usize::from(l0)
+        } else {
+            let n = usize::from(l0 & 0x7f);
+            if n > 4 {
+                return Err("length too large".into());
+            }
+            let bytes = input.get(pos..pos + n).ok_or_else(|| short("length"))?;
+            pos += n;
+            bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b))
+        };
+        let end = pos.checked_add(len).ok_or_else(|| short("content"))?;
+        let content = input.get(pos..end).ok_or_else(|| short("content"))?;
+        Ok((Tlv { class, constructed, number, content }, end))
+    }
+
+    /// Parse a whole buffer holding one element (trailing zero bytes are tolerated, anything else is not).
+    pub fn parse(input: &[u8]) -> Result<Tlv<'_>, String> {
+        let (tlv, used) = parse_one(input, 0)?;
+        if input[used..].iter().any(|b| *b != 0) {
+            return Err("trailing data after the element".into());
+        }
+        Ok(tlv)
+    }
+
+    impl<'a> Tlv<'a> {
+        pub fn is(&self, class: u8, number: u32) -> bool {
+            self.class == class && self.number == number
+        }
+
+        /// The elements inside a constructed element.
+        pub fn children(&self) -> Result<Vec<Tlv<'a>>, String> {
+            if !self.constructed {
+                return Err("expected a constructed element".into());
+            }
+            let mut out = Vec::new();
+            let mut rest = self.content;
+            while !rest.is_empty() {
+                let (tlv, used) = parse_one(rest, 1)?;
+                out.push(tlv);
+                rest = &rest[used..];
+            }
+            Ok(out)
+        }
+
+        /// The children of a SEQUENCE (universal 16), with a message naming `what` otherwise.
+        pub fn seq(&self, what: &str) -> Result<Vec<Tlv<'a>>, String> {
+            if !self.is(UNIVERSAL, SEQUENCE) || !self.constructed {
+                return Err(format!("{what}: expected a SEQUENCE"));
+            }
+            self.children().map_err(|e| format!("{what}: {e}"))
+        }
+
+        /// The bytes of a string type, primitive or constructed (BER segments concatenated).
+        pub fn octets(&self) -> Result<Vec<u8>, String> {
+            if !self.constructed {
+                return Ok(self.content.to_vec());
+            }
+            let mut out = Vec::new();
+            for c in self.children()? {
+                out.extend_from_slice(&c.octets()?);
+            }
+            Ok(out)
+        }
+
+        /// An OBJECT IDENTIFIER's content octets.
+        pub fn oid(&self, what: &str) -> Result<&'a [u8], String> {
+            if self.is(UNIVERSAL, OID) && !self.constructed {
+                Ok(self.content)
+            } else {
+                Err(format!("{what}: expected an OBJECT IDENTIFIER"))
+            }
+        }
+
+        /// A small non-negative INTEGER.
+        pub fn uint(&self, what: &str) -> Result<u64, String> {
+            if !self.is(UNIVERSAL, INTEGER) || self.constructed || self.content.is_empty() {
+                return Err(format!("{what}: expected an INTEGER"));
+            }
+            if self.content[0] & 0x80 != 0 {
+                return Err(format!("{what}: negative INTEGER"));
+            }
+            let digits: Vec<u8> = self.content.iter().copied().skip_while(|b| *b == 0).collect();
+            if digits.len() > 8 {
+                return Err(format!("{what}: INTEGER too large"));
+            }
+            Ok(digits.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+        }
+    }
+
+    /// DER encoding of a tag/length header followed by `content`.
+    pub fn encode(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let len = content.len();
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes: Vec<u8> = len.to_be_bytes().iter().copied().skip_while(|b| *b == 0).collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend_from_slice(&bytes);
+        }
+        out.extend_from_slice(content);
+        out
+    }
+}
+
+use asn1::Tlv;
+
+/// Object identifiers used below (compared by their DER content octets).
+mod oid {
+    use super::ObjectIdentifier as O;
+    pub const DATA: O = O::new_unwrap("1.2.840.113549.1.7.1");
+    pub const ENVELOPED_DATA: O = O::new_unwrap("1.2.840.113549.1.7.3");
+    pub const ENCRYPTED_DATA: O = O::new_unwrap("1.2.840.113549.1.7.6");
+    pub const RSA_ENCRYPTION: O = O::new_unwrap("1.2.840.113549.1.1.1");
+    pub const RSAES_OAEP: O = O::new_unwrap("1.2.840.113549.1.1.7");
+    pub const MGF1: O = O::new_unwrap("1.2.840.113549.1.1.8");
+    pub const P_SPECIFIED: O = O::new_unwrap("1.2.840.113549.1.1.9");
+    pub const SHA1: O = O::new_unwrap("1.3.14.3.2.26");
+    pub const SHA256: O = O::new_unwrap("2.16.840.1.101.3.4.2.1");
+    pub const DES_EDE3_CBC: O = O::new_unwrap("1.2.840.113549.3.7");
+    pub const AES128_CBC: O = O::new_unwrap("2.16.840.1.101.3.4.1.2");
+    pub const AES192_CBC: O = O::new_unwrap("2.16.840.1.101.3.4.1.22");
+    pub const AES256_CBC: O = O::new_unwrap("2.16.840.1.101.3.4.1.42");
+    pub const PBE_SHA1_3DES: O = O::new_unwrap("1.2.840.113549.1.12.1.3");
+    pub const PBE_SHA1_2DES: O = O::new_unwrap("1.2.840.113549.1.12.1.4");
+    pub const KEY_BAG: O = O::new_unwrap("1.2.840.113549.1.12.10.1.1");
+    pub const SHROUDED_KEY_BAG: O = O::new_unwrap("1.2.840.113549.1.12.10.1.2");
+    pub const CERT_BAG: O = O::new_unwrap("1.2.840.113549.1.12.10.1.3");
+    pub const SAFE_CONTENTS_BAG: O = O::new_unwrap("1.2.840.113549.1.12.10.1.6");
+    pub const X509_CERTIFICATE: O = O::new_unwrap("1.2.840.113549.1.9.22.1");
+    pub const LOCAL_KEY_ID: O = O::new_unwrap("1.2.840.113549.1.9.21");
+    pub const EC_PUBLIC_KEY: O = O::new_unwrap("1.2.840.10045.2.1");
+    pub const P256: O = O::new_unwrap("1.2.840.10045.3.1.7");
+    pub const P384: O = O::new_unwrap("1.3.132.0.34");
+    pub const P521: O = O::new_unwrap("1.3.132.0.35");
+    pub const ED25519: O = O::new_unwrap("1.3.101.112");
+}
+
+fn is_oid(content: &[u8], want: &ObjectIdentifier) -> bool {
+    content == want.as_bytes()
+}
+
+fn oid_name(content: &[u8]) -> String {
+    ObjectIdentifier::from_bytes(content).map(|o| o.to_string()).unwrap_or_else(|_| "<bad OID>".into())
+}
+
+fn malformed(e: String) -> CertError {
+    CertError::Malformed(e)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The CertificateFile document
+// ---------------------------------------------------------------------------------------------------------------
+
+/// One decrypted certificate from the platform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertEntry {
+    /// Upper-case hex SHA-1 of `cert_der` (matches OVF `Fingerprint` values).
+    pub thumbprint: String,
+    pub cert_der: Vec<u8>,
+    /// `ssh-rsa AAAA…` (or `ecdsa-sha2-*` / `ssh-ed25519`) for the certificate's public key; `None` for other keys.
+    pub public_key_openssh: Option<String>,
+    /// The matching private key from the PFX as PKCS#8 PEM, when there was one.
+    pub private_key_pem: Option<Secret>,
+}
+
+/// `Format` and `Data` of a `CertificateFile` (entities decoded, whitespace kept in `Data`).
+fn parse_certificate_file(bytes: &[u8]) -> Result<(String, Option<String>), CertError> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let text = std::str::from_utf8(bytes).map_err(|e| CertError::Xml(format!("not UTF-8: {e}")))?;
+    let mut reader = quick_xml::Reader::from_str(text);
+    let mut depth = 0usize;
+    let mut current: Option<String> = None;
+    let mut buf = String::new();
+    let mut format = String::new();
+    let mut data: Option<String> = None;
+    let mut saw_root = false;
+    loop {
+        let event = reader.read_event().map_err(|e| CertError::Xml(e.to_string()))?;
+        use quick_xml::events::Event;
+        match event {
+            Event::Start(e) => {
+                let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+                if depth == 0 {
+                    if name != "CertificateFile" {
+                        return Err(CertError::Xml(format!("root element is {name}, not CertificateFile")));
+                    }
+                    saw_root = true;
+                }
+                depth += 1;
+                current = (depth == 2).then_some(name);
+                buf.clear();
+            }
+            Event::Empty(e) if depth == 0 => {
+                let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+                if name != "CertificateFile" {
+                    return Err(CertError::Xml(format!("root element is {name}, not CertificateFile")));
+                }
+                saw_root = true;
+            }
+            Event::Text(t) => {
+                buf.push_str(&t.xml10_content().map_err(|e| CertError::Xml(e.to_string()))?);
+            }
+            Event::CData(t) => buf.push_str(&t.decode().map_err(|e| CertError::Xml(e.to_string()))?),
+            Event::GeneralRef(r) => {
+                if let Some(c) = r.resolve_char_ref().map_err(|e| CertError::Xml(e.to_string()))? {
+                    buf.push(c);
+                } else {
+                    let name = r.decode().map_err(|e| CertError::Xml(e.to_string()))?;
+                    let v = quick_xml::escape::resolve_predefined_entity(&name)
+                        .ok_or_else(|| CertError::Xml(format!("unknown entity &{name};")))?;
+                    buf.push_str(v);
+                }
+            }
+            Event::End(_) => {
+                if depth == 2 {
+                    match current.as_deref() {
+                        Some("Format") => format = buf.trim().to_string(),
+                        Some("Data") if data.is_none() => data = Some(std::mem::take(&mut buf)),
+                        _ => {}
+                    }
+                }
+                depth = depth.saturating_sub(1);
+                current = None;
+                buf.clear();
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err(CertError::Xml("unterminated element".into()));
+    }
+    if !saw_root {
+        return Err(CertError::Xml("no CertificateFile element".into()));
+    }
+    Ok((format, data.filter(|d| !d.trim().is_empty())))
+}
+
+/// Decrypt a `comp=certificates` answer (platform.md §5.8) with the transport key. No `Data` → no certificates;
+/// a `Format` other than empty or `Pkcs7BlobWithPfxContents` → skipped with a warning. Validity dates are never
+/// checked.
+pub fn decrypt_certificates(response_xml: &[u8], transport_key: &RsaPrivateKey) -> Result<Vec<CertEntry>, CertError> {
+    let (format, data) = parse_certificate_file(response_xml)?;
+    let Some(data) = data else {
+        return Ok(Vec::new());
+    };
+    if !format.is_empty() && format != FORMAT_PFX {
+        warn!(format = %format, "skipping certificates in an unsupported format");
+        return Ok(Vec::new());
+    }
+    let compact: String = data.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .map_err(|e| CertError::Xml(format!("Data is not base64: {e}")))?;
+    let pfx = decrypt_envelope(&blob, transport_key)?;
+    parse_pfx(pfx.expose())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// CMS EnvelopedData (RFC 5652 §6)
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A KeyTransRecipientInfo, parsed.
+struct KeyTrans<'a> {
+    /// `Some(ski)` for rid `[0] SubjectKeyIdentifier`, `None` for issuerAndSerialNumber.
+    ski: Option<Vec<u8>>,
+    alg: &'a [u8],
+    params: Option<Tlv<'a>>,
+    encrypted_key: Vec<u8>,
+}
+
+/// An AlgorithmIdentifier: OID content and optional parameters.
+fn algorithm<'a>(t: &Tlv<'a>, what: &str) -> Result<(&'a [u8], Option<Tlv<'a>>), CertError> {
+    let parts = t.seq(what).map_err(malformed)?;
+    let oid = parts.first().ok_or_else(|| malformed(format!("{what}: empty")))?.oid(what).map_err(malformed)?;
+    Ok((oid, parts.get(1).copied()))
+}
+
+/// Decrypt a CMS ContentInfo(envelopedData) with `key`; returns the plaintext (the PFX).
+fn decrypt_envelope(blob: &[u8], key: &RsaPrivateKey) -> Result<Secret, CertError> {
+    let ci = asn1::parse(blob).map_err(|e| malformed(format!("envelope: {e}")))?;
+    let parts = ci.seq("ContentInfo").map_err(malformed)?;
+    let ctype = parts.first().ok_or_else(|| malformed("ContentInfo: empty".into()))?;
+    let ctype = ctype.oid("ContentInfo").map_err(malformed)?;
+    if !is_oid(ctype, &oid::ENVELOPED_DATA) {
+        return Err(CertError::Unsupported(format!("content type {} (want envelopedData)", oid_name(ctype))));
+    }
+    let explicit = parts
+        .get(1)
+        .filter(|t| t.is(asn1::CONTEXT, 0))
+        .ok_or_else(|| malformed("ContentInfo: no [0] content".into()))?;
+    let env = explicit.children().map_err(malformed)?;
+    let env = env.first().ok_or_else(|| malformed("ContentInfo: empty [0]".into()))?;
+    let fields = env.seq("EnvelopedData").map_err(malformed)?;
+    // version, [0] originatorInfo OPTIONAL, recipientInfos SET, encryptedContentInfo, [1] unprotectedAttrs OPTIONAL
+    let mut it = fields.iter().skip(1).skip_while(|t| t.is(asn1::CONTEXT, 0));
+    let recipients = it.next().filter(|t| t.is(asn1::UNIVERSAL, asn1::SET));
+    let recipients = recipients.ok_or_else(|| malformed("EnvelopedData: no recipientInfos".into()))?;
+    let eci = it.next().ok_or_else(|| malformed("EnvelopedData: no encryptedContentInfo".into()))?;
+
+    let mut candidates = Vec::new();
+    for ri in recipients.children().map_err(malformed)? {
+        // KeyTransRecipientInfo is the SEQUENCE alternative; the others are [1]..[4].
+        if !ri.is(asn1::UNIVERSAL, asn1::SEQUENCE) {
+            continue;
+        }
+        let f = ri.seq("KeyTransRecipientInfo").map_err(malformed)?;
+        if f.len() < 4 {
+            return Err(malformed("KeyTransRecipientInfo: too few fields".into()));
+        }
+        let ski = if f[1].is(asn1::CONTEXT, 0) { Some(f[1].octets().map_err(malformed)?) } else { None };
+        let (alg, params) = algorithm(&f[2], "keyEncryptionAlgorithm")?;
+        let encrypted_key = f[3].octets().map_err(malformed)?;
+        candidates.push(KeyTrans { ski, alg, params, encrypted_key });
+    }
+    if candidates.is_empty() {
+        return Err(CertError::NoRecipient);
+    }
+    // Recipients naming our key's SKI first; others (issuerAndSerialNumber, other SKIs) after.
+    let own_ski = key.to_public_key().to_public_key_der().ok().and_then(|d| {
+        spki::SubjectPublicKeyInfoRef::from_der(d.as_bytes())
+            .ok()
+            .map(|s| Sha1::digest(s.subject_public_key.raw_bytes()).to_vec())
+    });
+    candidates.sort_by_key(|c| match (&c.ski, &own_ski) {
+        (Some(a), Some(b)) if a == b => 0,
+        (None, _) => 1,
+        _ => 2,
+    });
+
+    let ec = eci.seq("EncryptedContentInfo").map_err(malformed)?;
+    if ec.len() < 3 {
+        return Err(malformed("EncryptedContentInfo: no encryptedContent".into()));
+    }
+    let (cipher_oid, cipher_params) = algorithm(&ec[1], "contentEncryptionAlgorithm")?;
+    let cipher = ContentCipher::from_oid(cipher_oid)?;
+    let iv = cipher_params
+        .filter(|p| p.is(asn1::UNIVERSAL, asn1::OCTET_STRING))
+        .ok_or_else(|| malformed("contentEncryptionAlgorithm: no IV".into()))?
+        .octets()
+        .map_err(malformed)?;
+    let content = ec
+        .iter()
+        .skip(2)
+        .find(|t| t.is(asn1::CONTEXT, 0))
+        .ok_or_else(|| malformed("EncryptedContentInfo: no [0] encryptedContent".into()))?
+        .octets()
+        .map_err(malformed)?;
+
+    let mut last = CertError::NoRecipient;
+    for c in &candidates {
+        let cek = match unwrap_cek(key, c) {
+            Ok(k) => k,
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
+        if cek.len() != cipher.key_len() {
+            last = CertError::KeyTransport(format!(
+                "key is {} bytes, {} needs {} (wrong transport key?)",
+                cek.len(),
+                cipher.name(),
+                cipher.key_len()
+            ));
+            continue;
+        }
+        match cipher.decrypt(cek.expose(), &iv, &content) {
+            Ok(plain) => return Ok(plain),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// RSA-decrypt the content-encryption key of one recipient.
+fn unwrap_cek(key: &RsaPrivateKey, kt: &KeyTrans<'_>) -> Result<Secret, CertError> {
+    let kerr = |e: rsa::Error| CertError::KeyTransport(format!("RSA decryption failed: {e}"));
+    let ct = &kt.encrypted_key;
+    let cek = if is_oid(kt.alg, &oid::RSA_ENCRYPTION) {
+        key.decrypt_blinded(&mut OsRng, rsa::Pkcs1v15Encrypt, ct).map_err(kerr)?
+    } else if is_oid(kt.alg, &oid::RSAES_OAEP) {
+        let (hash, mgf_hash) = oaep_params(kt.params.as_ref())?;
+        use rsa::Oaep;
+        match (hash, mgf_hash) {
+            (Hash::Sha1, Hash::Sha1) => key.decrypt_blinded(&mut OsRng, Oaep::<Sha1>::new(), ct),
+            (Hash::Sha256, Hash::Sha256) => key.decrypt_blinded(&mut OsRng, Oaep::<sha2::Sha256>::new(), ct),
+            (Hash::Sha256, Hash::Sha1) => {
+                key.decrypt_blinded(&mut OsRng, Oaep::<sha2::Sha256, Sha1>::new_with_mgf_hash(), ct)
+            }
+            (Hash::Sha1, Hash::Sha256) => {
+                key.decrypt_blinded(&mut OsRng, Oaep::<Sha1, sha2::Sha256>::new_with_mgf_hash(), ct)
+            }
+        }
+        .map_err(kerr)?
+    } else {
+        return Err(CertError::Unsupported(format!("key encryption algorithm {}", oid_name(kt.alg))));
+    };
+    Ok(Secret::new(cek))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hash {
+    Sha1,
+    Sha256,
+}
+
+fn hash_of(oid_content: &[u8]) -> Result<Hash, CertError> {
+    if is_oid(oid_content, &oid::SHA1) {
+        Ok(Hash::Sha1)
+    } else if is_oid(oid_content, &oid::SHA256) {
+        Ok(Hash::Sha256)
+    } else {
+        Err(CertError::Unsupported(format!("OAEP hash {}", oid_name(oid_content))))
+    }
+}
+
+/// RSAES-OAEP-params (RFC 4055): `[0]` hash (default SHA-1), `[1]` MGF1 with a hash (default SHA-1), `[2]` an
+/// empty label only.
+fn oaep_params(params: Option<&Tlv<'_>>) -> Result<(Hash, Hash), CertError> {
+    let mut hash = Hash::Sha1;
+    let mut mgf = Hash::Sha1;
+    let Some(p) = params.filter(|p| !p.is(asn1::UNIVERSAL, 5)) else {
+        return Ok((hash, mgf));
+    };
+    for f in p.seq("RSAES-OAEP-params").map_err(malformed)? {
+        let inner = f.children().map_err(malformed)?;
+        let inner = inner.first().ok_or_else(|| malformed("RSAES-OAEP-params: empty field".into()))?;
+        match f.number {
+            0 => hash = hash_of(algorithm(inner, "OAEP hash")?.0)?,
+            1 => {
+                let (m, mp) = algorithm(inner, "OAEP mask generation")?;
+                if !is_oid(m, &oid::MGF1) {
+                    return Err(CertError::Unsupported(format!("OAEP mask generation {}", oid_name(m))));
+                }
+                let mp = mp.ok_or_else(|| malformed("MGF1 without a hash".into()))?;
+                mgf = hash_of(algorithm(&mp, "MGF1 hash")?.0)?;
+            }
+            2 => {
+                let (src, label) = algorithm(inner, "OAEP pSource")?;
+                let label = label.map(|l| l.octets()).transpose().map_err(malformed)?.unwrap_or_default();
+                if !is_oid(src, &oid::P_SPECIFIED) || !label.is_empty() {
+                    return Err(CertError::Unsupported("OAEP label".into()));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((hash, mgf))
+}
+
+/// Content-encryption ciphers (all CBC with PKCS#7 padding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ContentCipher {
+    DesEde3,
+    Aes128,
+    Aes192,
+    Aes256,
+}
+
+impl ContentCipher {
+    fn from_oid(o: &[u8]) -> Result<Self, CertError> {
+        Ok(if is_oid(o, &oid::DES_EDE3_CBC) {
+            ContentCipher::DesEde3
+        } else if is_oid(o, &oid::AES128_CBC) {
+            ContentCipher::Aes128
+        } else if is_oid(o, &oid::AES192_CBC) {
+            ContentCipher::Aes192
+        } else if is_oid(o, &oid::AES256_CBC) {
+            ContentCipher::Aes256
+        } else {
+            return Err(CertError::Unsupported(format!("content encryption {}", oid_name(o))));
+        })
+    }
+
+    fn key_len(self) -> usize {
+        match self {
+            ContentCipher::DesEde3 | ContentCipher::Aes192 => 24,
+            ContentCipher::Aes128 => 16,
+            ContentCipher::Aes256 => 32,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ContentCipher::DesEde3 => "des-ede3-cbc",
+            ContentCipher::Aes128 => "aes128-cbc",
+            ContentCipher::Aes192 => "aes192-cbc",
+            ContentCipher::Aes256 => "aes256-cbc",
+        }
+    }
+
+    fn decrypt(self, key: &[u8], iv: &[u8], data: &[u8]) -> Result<Secret, CertError> {
+        let plain = match self {
+            ContentCipher::DesEde3 => cbc_decrypt::<des::TdesEde3>(key, iv, data),
+            ContentCipher::Aes128 => cbc_decrypt::<aes::Aes128>(key, iv, data),
+            ContentCipher::Aes192 => cbc_decrypt::<aes::Aes192>(key, iv, data),
+            ContentCipher::Aes256 => cbc_decrypt::<aes::Aes256>(key, iv, data),
+        };
+        plain.map(Secret::new).ok_or_else(|| CertError::Content(format!("{}: bad key, IV or padding", self.name())))
+    }
+}
+
+/// CBC decryption with PKCS#7 unpadding; `None` for a bad key/IV length or bad padding.
+fn cbc_decrypt<C>(key: &[u8], iv: &[u8], data: &[u8]) -> Option<Vec<u8>>
+where
+    C: cbc::cipher::BlockCipherDecrypt + cbc::cipher::KeyInit,
+    cbc::Decryptor<C>: cbc::cipher::KeyIvInit + cbc::cipher::BlockModeDecrypt,
+{
+    use cbc::cipher::{BlockModeDecrypt, KeyIvInit};
+    let dec = cbc::Decryptor::<C>::new_from_slices(key, iv).ok()?;
+    dec.decrypt_padded_vec::<cbc::cipher::block_padding::Pkcs7>(data).ok()
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// PKCS#12 (RFC 7292)
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Upper bound on PBE iteration counts (the platform uses 2000; a hostile count must not stall the boot).
+const MAX_PBE_ITERATIONS: u64 = 1_000_000;
+
+/// RFC 7292 Appendix B.2 key derivation with SHA-1 (u = 20, v = 64). `password` is already in its BMPString form.
+fn pkcs12_kdf(password: &[u8], salt: &[u8], id: u8, iterations: u64, out_len: usize) -> Vec<u8> {
+    const U: usize = 20;
+    const V: usize = 64;
+    let fill = |s: &[u8]| -> Vec<u8> {
+        if s.is_empty() {
+            return Vec::new();
+        }
+        let n = V * s.len().div_ceil(V);
+        s.iter().copied().cycle().take(n).collect()
+    };
+    let d = [id; V];
+    let mut i_buf = fill(salt);
+    i_buf.extend_from_slice(&fill(password));
+    let mut out = Vec::with_capacity(out_len + U);
+    while out.len() < out_len {
+        let mut h = Sha1::new();
+        h.update(d);
+        h.update(&i_buf);
+        let mut a = h.finalize();
+        for _ in 1..iterations {
+            a = Sha1::digest(a);
+        }
+        out.extend_from_slice(&a);
+        if out.len() >= out_len {
+            break;
+        }
+        // B = A repeated to v bytes; each v-byte block I_j = (I_j + B + 1) mod 2^(8v).
+        let b: Vec<u8> = a.iter().copied().cycle().take(V).collect();
+        for block in i_buf.chunks_mut(V) {
+            let mut carry = 1u16;
+            for k in (0..V).rev() {
+                let sum = u16::from(block[k]) + u16::from(b[k]) + carry;
+                block[k] = sum as u8;
+                carry = sum >> 8;
+            }
+        }
+    }
+    for x in i_buf.iter_mut() {
+        *x = 0;
+    }
+    out.truncate(out_len);
+    out
+}
+
+/// The empty password in both forms OpenSSL tries: BMPString "" (two zero bytes), then zero-length.
+const EMPTY_PASSWORDS: [&[u8]; 2] = [&[0, 0], &[]];
+
+/// Decrypt PBE-protected bytes (pkcs-12PbeIds 3DES) with the empty password; the result must be a SEQUENCE.
+fn pbe_decrypt(alg: &Tlv<'_>, data: &[u8]) -> Result<Secret, CertError> {
+    let (alg_oid, params) = algorithm(alg, "PBE algorithm")?;
+    let key_len = if is_oid(alg_oid, &oid::PBE_SHA1_3DES) {
+        24
+    } else if is_oid(alg_oid, &oid::PBE_SHA1_2DES) {
+        16
+    } else {
+        return Err(CertError::Unsupported(format!("PKCS#12 encryption {}", oid_name(alg_oid))));
+    };
+    let params = params.ok_or_else(|| malformed("PBE parameters missing".into()))?;
+    let p = params.seq("PBE parameters").map_err(malformed)?;
+    let salt = p.first().ok_or_else(|| malformed("PBE parameters: no salt".into()))?.octets().map_err(malformed)?;
+    let iterations = p.get(1).ok_or_else(|| malformed("PBE parameters: no iterations".into()))?;
+    let iterations = iterations.uint("PBE iterations").map_err(malformed)?;
+    if iterations == 0 || iterations > MAX_PBE_ITERATIONS {
+        return Err(CertError::Pfx(format!("PBE iteration count {iterations} out of range")));
+    }
+    for password in EMPTY_PASSWORDS {
+        let key = Secret::new(pkcs12_kdf(password, &salt, 1, iterations, key_len));
+        let iv = pkcs12_kdf(password, &salt, 2, iterations, 8);
+        let plain = if key_len == 24 {
+            cbc_decrypt::<des::TdesEde3>(key.expose(), &iv, data)
+        } else {
+            cbc_decrypt::<des::TdesEde2>(key.expose(), &iv, data)
+        };
+        if let Some(plain) = plain {
+            let plain = Secret::new(plain);
+            if asn1::parse(plain.expose()).is_ok_and(|t| t.is(asn1::UNIVERSAL, asn1::SEQUENCE)) {
+                return Ok(plain);
+            }
+        }
+    }
+    Err(CertError::Pfx("cannot decrypt with the empty password".into()))
+}
+
+/// A certificate or key found in the PFX, with its `localKeyId`.
+struct FoundCert {
+    der: Vec<u8>,
+    local_key_id: Option<Vec<u8>>,
+}
+
+struct FoundKey {
+    /// PKCS#8 PrivateKeyInfo DER.
+    pkcs8: Secret,
+    local_key_id: Option<Vec<u8>>,
+    /// The public key as SubjectPublicKeyInfo DER (RSA keys only).
+    spki: Option<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct Bags {
+    certs: Vec<FoundCert>,
+    keys: Vec<FoundKey>,
+}
+
+/// Parse a PFX with the empty password; pair keys with certificates by `localKeyId`, else by public key.
+fn parse_pfx(pfx: &[u8]) -> Result<Vec<CertEntry>, CertError> {
+    let top = asn1::parse(pfx).map_err(|e| malformed(format!("PFX: {e}")))?;
+    let f = top.seq("PFX").map_err(malformed)?;
+    let version = f.first().ok_or_else(|| malformed("PFX: empty".into()))?.uint("PFX version").map_err(malformed)?;
+    if version != 3 {
+        return Err(CertError::Unsupported(format!("PFX version {version}")));
+    }
+    let auth_safe = f.get(1).ok_or_else(|| malformed("PFX: no authSafe".into()))?;
+    // MAC verification is optional (WALinuxAgent's first attempt skips it): the PBE padding and DER checks and the
+    // RSA envelope already authenticate the content well enough for a boot agent, so macData is not checked.
+    let safe = data_content(auth_safe, "authSafe")?;
+    let safe = asn1::parse(&safe).map_err(|e| malformed(format!("AuthenticatedSafe: {e}")))?;
+    let mut bags = Bags::default();
+    for ci in safe.seq("AuthenticatedSafe").map_err(malformed)? {
+        let parts = ci.seq("ContentInfo").map_err(malformed)?;
+        let ctype = parts
+            .first()
+            .ok_or_else(|| malformed("ContentInfo: empty".into()))?
+            .oid("ContentInfo")
+            .map_err(malformed)?;
+        if is_oid(ctype, &oid::DATA) {
+            let contents = data_content(&ci, "SafeContents")?;
+            walk_safe_contents(&contents, &mut bags, 0)?;
+        } else if is_oid(ctype, &oid::ENCRYPTED_DATA) {
+            let ed = parts
+                .get(1)
+                .filter(|t| t.is(asn1::CONTEXT, 0))
+                .ok_or_else(|| malformed("encryptedData: no [0] content".into()))?
+                .children()
+                .map_err(malformed)?;
+            let ed = ed.first().ok_or_else(|| malformed("encryptedData: empty".into()))?;
+            let ef = ed.seq("EncryptedData").map_err(malformed)?;
+            let eci = ef.get(1).ok_or_else(|| malformed("EncryptedData: no encryptedContentInfo".into()))?;
+            let ec = eci.seq("EncryptedContentInfo").map_err(malformed)?;
+            let alg = ec.get(1).ok_or_else(|| malformed("EncryptedContentInfo: no algorithm".into()))?;
+            let Some(data) = ec.iter().skip(2).find(|t| t.is(asn1::CONTEXT, 0)) else {
+                continue;
+            };
+            let plain = pbe_decrypt(alg, &data.octets().map_err(malformed)?)?;
+            walk_safe_contents(plain.expose(), &mut bags, 0)?;
+        } else {
+            warn!(content_type = %oid_name(ctype), "skipping unsupported PKCS#12 content");
+        }
+    }
+    Ok(pair(bags))
+}
+
+/// The OCTET STRING inside a ContentInfo of type `data` (`[0] EXPLICIT OCTET STRING`).
+fn data_content(ci: &Tlv<'_>, what: &str) -> Result<Vec<u8>, CertError> {
+    let parts = ci.seq(what).map_err(malformed)?;
+    let ctype = parts.first().ok_or_else(|| malformed(format!("{what}: empty")))?.oid(what).map_err(malformed)?;
+    if !is_oid(ctype, &oid::DATA) {
+        return Err(CertError::Unsupported(format!("{what} content type {}", oid_name(ctype))));
+    }
+    let explicit =
+        parts.get(1).filter(|t| t.is(asn1::CONTEXT, 0)).ok_or_else(|| malformed(format!("{what}: no [0] content")))?;
+    let inner = explicit.children().map_err(malformed)?;
+    inner
+        .first()
+        .filter(|t| t.is(asn1::UNIVERSAL, asn1::OCTET_STRING))
+        .ok_or_else(|| malformed(format!("{what}: no OCTET STRING")))?
+        .octets()
+        .map_err(malformed)
+}
+
+fn walk_safe_contents(bytes: &[u8], bags: &mut Bags, depth: usize) -> Result<(), CertError> {
+    if depth > 4 {
+        return Err(malformed("SafeContents nested too deep".into()));
+    }
+    let sc = asn1::parse(bytes).map_err(|e| malformed(format!("SafeContents: {e}")))?;
+    for bag in sc.seq("SafeContents").map_err(malformed)? {
+        let f = bag.seq("SafeBag").map_err(malformed)?;
+        let bag_id = f.first().ok_or_else(|| malformed("SafeBag: empty".into()))?.oid("SafeBag").map_err(malformed)?;
+        let value = f
+            .get(1)
+            .filter(|t| t.is(asn1::CONTEXT, 0))
+            .ok_or_else(|| malformed("SafeBag: no [0] value".into()))?
+            .children()
+            .map_err(malformed)?;
+        let value = value.first().ok_or_else(|| malformed("SafeBag: empty value".into()))?;
+        let local_key_id = match f.get(2) {
+            Some(attrs) => local_key_id(attrs)?,
+            None => None,
+        };
+        if is_oid(bag_id, &oid::CERT_BAG) {
+            let cb = value.seq("CertBag").map_err(malformed)?;
+            let cert_id =
+                cb.first().ok_or_else(|| malformed("CertBag: empty".into()))?.oid("CertBag").map_err(malformed)?;
+            if !is_oid(cert_id, &oid::X509_CERTIFICATE) {
+                warn!(cert_type = %oid_name(cert_id), "skipping a non-X.509 certificate bag");
+                continue;
+            }
+            let der = cb
+                .get(1)
+                .filter(|t| t.is(asn1::CONTEXT, 0))
+                .ok_or_else(|| malformed("CertBag: no [0] value".into()))?
+                .children()
+                .map_err(malformed)?
+                .first()
+                .ok_or_else(|| malformed("CertBag: empty value".into()))?
+                .octets()
+                .map_err(malformed)?;
+            bags.certs.push(FoundCert { der, local_key_id });
+        } else if is_oid(bag_id, &oid::SHROUDED_KEY_BAG) {
+            let ep = value.seq("EncryptedPrivateKeyInfo").map_err(malformed)?;
+            let alg = ep.first().ok_or_else(|| malformed("EncryptedPrivateKeyInfo: empty".into()))?;
+            let data = ep.get(1).ok_or_else(|| malformed("EncryptedPrivateKeyInfo: no data".into()))?;
+            let pkcs8 = pbe_decrypt(alg, &data.octets().map_err(malformed)?)?;
+            bags.keys.push(found_key(pkcs8, local_key_id));
+        } else if is_oid(bag_id, &oid::KEY_BAG) {
+            let raw = bag_value_der(value);
+            bags.keys.push(found_key(Secret::new(raw), local_key_id));
+        } else if is_oid(bag_id, &oid::SAFE_CONTENTS_BAG) {
+            walk_safe_contents(&bag_value_der(value), bags, depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
+/// Re-encode an element (its content is DER or BER) with a definite length, for handing to a DER decoder.
+fn bag_value_der(t: &Tlv<'_>) -> Vec<u8> {
+    let tag = (t.class << 6) | if t.constructed { 0x20 } else { 0 } | (t.number.min(30) as u8);
+    asn1::encode(tag, t.content)
+}
+
+fn found_key(pkcs8: Secret, local_key_id: Option<Vec<u8>>) -> FoundKey {
+    let spki = RsaPrivateKey::from_pkcs8_der(pkcs8.expose())
+        .ok()
+        .and_then(|k| k.to_public_key().to_public_key_der().ok())
+        .map(|d| d.as_bytes().to_vec());
+    FoundKey { pkcs8, local_key_id, spki }
+}
+
+/// The `localKeyId` attribute of a SafeBag's attribute SET.
+fn local_key_id(attrs: &Tlv<'_>) -> Result<Option<Vec<u8>>, CertError> {
+    for attr in attrs.children().map_err(malformed)? {
+        let a = attr.seq("bag attribute").map_err(malformed)?;
+        let Some(id) = a.first() else { continue };
+        if is_oid(id.oid("bag attribute").map_err(malformed)?, &oid::LOCAL_KEY_ID) {
+            if let Some(v) =
+                a.get(1).map(|s| s.children()).transpose().map_err(malformed)?.and_then(|v| v.first().copied())
+            {
+                return Ok(Some(v.octets().map_err(malformed)?));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn pair(bags: Bags) -> Vec<CertEntry> {
+    let Bags { certs, keys } = bags;
+    let mut out = Vec::with_capacity(certs.len());
+    for c in certs {
+        let parsed = Certificate::from_der(&c.der).ok();
+        if parsed.is_none() {
+            warn!(thumbprint = %thumbprint(&c.der), "certificate does not parse as X.509; keeping it without a public key");
+        }
+        let spki = parsed.as_ref().and_then(|p| p.tbs_certificate().subject_public_key_info().to_der().ok());
+        let key = keys
+            .iter()
+            .find(|k| k.local_key_id.is_some() && k.local_key_id == c.local_key_id)
+            .or_else(|| keys.iter().find(|k| k.spki.is_some() && k.spki == spki));
+        out.push(CertEntry {
+            thumbprint: thumbprint(&c.der),
+            public_key_openssh: spki.as_deref().and_then(openssh_public_key),
+            private_key_pem: key.map(|k| Secret::from(pem("PRIVATE KEY", k.pkcs8.expose()))),
+            cert_der: c.der,
+        });
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// OpenSSH public keys
+// ---------------------------------------------------------------------------------------------------------------
+
+fn ssh_string(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+/// RFC 4251 mpint of a non-negative big-endian integer: minimal, with a leading zero when the top bit is set.
+fn mpint(bytes: &[u8]) -> Vec<u8> {
+    let trimmed: Vec<u8> = bytes.iter().copied().skip_while(|b| *b == 0).collect();
+    let mut v = Vec::with_capacity(trimmed.len() + 1);
+    if trimmed.first().is_some_and(|b| b & 0x80 != 0) {
+        v.push(0);
+    }
+    v.extend_from_slice(&trimmed);
+    v
+}
+
+/// An OpenSSH public key line (`ssh-rsa AAAA…`, `ecdsa-sha2-nistpNNN …`, `ssh-ed25519 …`) for a
+/// SubjectPublicKeyInfo (DER); `None` for other key types or malformed keys.
+pub fn openssh_public_key(spki_der: &[u8]) -> Option<String> {
+    let spki = spki::SubjectPublicKeyInfoRef::from_der(spki_der).ok()?;
+    let key = spki.subject_public_key.as_bytes()?;
+    let alg = &spki.algorithm;
+    let mut blob = Vec::new();
+    let name = if alg.oid == oid::RSA_ENCRYPTION {
+        let t = asn1::parse(key).ok()?;
+        let f = t.seq("RSAPublicKey").ok()?;
+        let (n, e) = (f.first()?, f.get(1)?);
+        if !n.is(asn1::UNIVERSAL, asn1::INTEGER) || !e.is(asn1::UNIVERSAL, asn1::INTEGER) {
+            return None;
+        }
+        ssh_string(&mut blob, b"ssh-rsa");
+        ssh_string(&mut blob, &mpint(e.content));
+        ssh_string(&mut blob, &mpint(n.content));
+        "ssh-rsa"
+    } else if alg.oid == oid::EC_PUBLIC_KEY {
+        let curve: ObjectIdentifier = alg.parameters.as_ref()?.decode_as().ok()?;
+        let (name, id) = if curve == oid::P256 {
+            ("ecdsa-sha2-nistp256", "nistp256")
+        } else if curve == oid::P384 {
+            ("ecdsa-sha2-nistp384", "nistp384")
+        } else if curve == oid::P521 {
+            ("ecdsa-sha2-nistp521", "nistp521")
+        } else {
+            return None;
+        };
+        ssh_string(&mut blob, name.as_bytes());
+        ssh_string(&mut blob, id.as_bytes());
+        ssh_string(&mut blob, key);
+        name
+    } else if alg.oid == oid::ED25519 {
+        ssh_string(&mut blob, b"ssh-ed25519");
+        ssh_string(&mut blob, key);
+        "ssh-ed25519"
+    } else {
+        return None;
+    };
+    Some(format!("{name} {}", base64::engine::general_purpose::STANDARD.encode(blob)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +1228,78 @@ mod tests {
             eprintln!("skipping: {program} is not installed");
         }
         ok
+    }
+
+    const HIBERNATE: &str = "certs/walinuxagent-hibernate";
+
+    fn fixture_key() -> Option<RsaPrivateKey> {
+        let pem = crate::testutil::fixture(&format!("{HIBERNATE}/TransportPrivate.pem"))?;
+        Some(RsaPrivateKey::from_pkcs8_pem(std::str::from_utf8(&pem).unwrap()).unwrap())
+    }
+
+    /// (thumbprint, hasPrivateKey) from WALinuxAgent's Certificates.json.
+    fn expected(goal_state: &str) -> Vec<(String, bool)> {
+        let json = crate::testutil::fixture(&format!("{HIBERNATE}/{goal_state}/Certificates.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["thumbprint"].as_str().unwrap().to_string(), c["hasPrivateKey"].as_bool().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn decrypts_platform_certificates_hibernate_set() {
+        let Some(key) = fixture_key() else { return };
+        for gs in ["goal_state_1", "goal_state_2"] {
+            let xml = crate::testutil::fixture(&format!("{HIBERNATE}/{gs}/Certificates.xml")).unwrap();
+            let certs = decrypt_certificates(&xml, &key).unwrap();
+            let mut got: Vec<(String, bool)> =
+                certs.iter().map(|c| (c.thumbprint.clone(), c.private_key_pem.is_some())).collect();
+            let mut want = expected(gs);
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "{gs}");
+            for c in &certs {
+                assert_eq!(c.thumbprint, thumbprint(&c.cert_der));
+                assert!(c.public_key_openssh.as_deref().unwrap().starts_with("ssh-rsa AAAAB3NzaC1yc2E"), "{c:?}");
+                if let Some(pem) = &c.private_key_pem {
+                    // The private key matches the certificate's public key.
+                    let k = RsaPrivateKey::from_pkcs8_pem(std::str::from_utf8(pem.expose()).unwrap()).unwrap();
+                    let cert = Certificate::from_der(&c.cert_der).unwrap();
+                    let spki = cert.tbs_certificate().subject_public_key_info().to_der().unwrap();
+                    assert_eq!(k.to_public_key().to_public_key_der().unwrap().as_bytes(), spki.as_slice());
+                    assert!(!format!("{c:?}").contains("PRIVATE KEY"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_key_is_an_error_not_garbage() {
+        let Some(_) = fixture_key() else { return };
+        let xml = crate::testutil::fixture(&format!("{HIBERNATE}/goal_state_1/Certificates.xml")).unwrap();
+        let other = TransportCert::generate().unwrap();
+        let e = decrypt_certificates(&xml, other.key()).unwrap_err();
+        assert!(matches!(e, CertError::KeyTransport(_)), "{e:?}");
+        assert_eq!(e.failure().reason, "failure to decrypt certificates");
+    }
+
+    #[test]
+    fn documents_without_data_or_in_other_formats() {
+        let key = TransportCert::generate().unwrap();
+        let none = b"\xEF\xBB\xBF<?xml version=\"1.0\"?><CertificateFile><Version>2012-11-30</Version><Incarnation>1</Incarnation><Format>Pkcs7BlobWithPfxContents</Format></CertificateFile>";
+        assert_eq!(decrypt_certificates(none, key.key()).unwrap(), vec![]);
+        let empty = b"<CertificateFile><Format/><Data>  \n </Data></CertificateFile>";
+        assert_eq!(decrypt_certificates(empty, key.key()).unwrap(), vec![]);
+        let other = b"<CertificateFile><Format>SomethingElse</Format><Data>AAAA</Data></CertificateFile>";
+        assert_eq!(decrypt_certificates(other, key.key()).unwrap(), vec![]);
+        let bad = b"<CertificateFile><Data>not base64!</Data></CertificateFile>";
+        assert!(matches!(decrypt_certificates(bad, key.key()), Err(CertError::Xml(_))));
+        let garbage = b"<CertificateFile><Data>AAAA</Data></CertificateFile>";
+        assert!(matches!(decrypt_certificates(garbage, key.key()), Err(CertError::Malformed(_))));
+        assert!(matches!(decrypt_certificates(b"<Other/>", key.key()), Err(CertError::Xml(_))));
+        assert!(matches!(decrypt_certificates(b"<CertificateFile><Data>", key.key()), Err(CertError::Xml(_))));
     }
 
     #[test]
