@@ -25,8 +25,11 @@ use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::Validity;
 use x509_cert::Certificate;
 
+use super::http::HttpClient;
+use super::wireserver::{fetch_certificates_with, CertCipher, GoalState, WireConfig, WireError};
 use crate::report::Failure;
 use crate::secret::Secret;
+use crate::timeutil::Clock;
 
 /// Subject and issuer of the transport certificate.
 pub const TRANSPORT_SUBJECT: &str = "CN=LinuxTransport";
@@ -58,6 +61,8 @@ pub enum CertError {
     Content(String),
     #[error("PKCS#12: {0}")]
     Pfx(String),
+    #[error("{0}")]
+    Fetch(WireError),
 }
 
 impl CertError {
@@ -67,6 +72,7 @@ impl CertError {
             CertError::Rng(_) | CertError::Transport(_) => {
                 Failure::new("failure to generate transport certificate").with("error", self)
             }
+            CertError::Fetch(e) => Failure::new("failure to fetch certificates").with("error", e),
             _ => Failure::new("failure to decrypt certificates").with("error", self),
         }
     }
@@ -275,6 +281,31 @@ fn pem(label: &str, der: &[u8]) -> String {
     }
     out.push_str(&format!("-----END {label}-----\n"));
     out
+}
+
+/// Fetch and decrypt the goal state's certificates (platform.md §5.8): ask for `AES128_CBC`; if that request or its
+/// decryption fails, ask again for `DES_EDE3_CBC` (WALinuxAgent). No Certificates URL → no certificates.
+pub fn certificates_for(
+    client: &HttpClient,
+    cfg: &WireConfig,
+    clock: &dyn Clock,
+    goal: &GoalState,
+    transport: &TransportCert,
+) -> Result<Vec<CertEntry>, CertError> {
+    if goal.certificates_url.is_none() {
+        return Ok(Vec::new());
+    }
+    let attempt = |cipher| {
+        let body = fetch_certificates_with(client, cfg, clock, goal, transport, cipher).map_err(CertError::Fetch)?;
+        decrypt_certificates(&body, transport.key())
+    };
+    match attempt(CertCipher::Aes128Cbc) {
+        Ok(certs) => Ok(certs),
+        Err(first) => {
+            warn!(error = %first, "certificates with AES128_CBC failed; retrying with DES_EDE3_CBC");
+            attempt(CertCipher::DesEde3Cbc)
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1300,6 +1331,352 @@ mod tests {
         assert!(matches!(decrypt_certificates(garbage, key.key()), Err(CertError::Malformed(_))));
         assert!(matches!(decrypt_certificates(b"<Other/>", key.key()), Err(CertError::Xml(_))));
         assert!(matches!(decrypt_certificates(b"<CertificateFile><Data>", key.key()), Err(CertError::Xml(_))));
+    }
+
+    fn run(dir: &std::path::Path, args: &[&str]) -> Vec<u8> {
+        let out = Command::new(args[0]).args(&args[1..]).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    }
+
+    fn certificate_file(blob: &[u8]) -> Vec<u8> {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(blob);
+        let lines: Vec<String> = b64.as_bytes().chunks(76).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+        format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<CertificateFile><Version>2012-11-30</Version>\
+             <Incarnation>1</Incarnation><Format>Pkcs7BlobWithPfxContents</Format><Data>{}</Data></CertificateFile>",
+            lines.join("\n")
+        )
+        .into_bytes()
+    }
+
+    /// openssl-made material: a key pair certificate (in the PFX with its key), an SSH public-key certificate
+    /// (without key), the PFX, and our transport certificate on disk.
+    struct Made {
+        dir: tempfile::TempDir,
+        transport: TransportCert,
+        with_key_thumb: String,
+        no_key_thumb: String,
+    }
+
+    fn make_pfx() -> Option<Made> {
+        if !have("openssl") {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for name in ["kp", "pub"] {
+            run(
+                d,
+                &[
+                    "openssl",
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.crt"),
+                    "-days",
+                    "1",
+                    "-subj",
+                    &format!("/CN={name}"),
+                ],
+            );
+        }
+        // PFX: the key pair (key + cert, linked by localKeyId) plus the bare public-key certificate, Azure style
+        // (3DES PBE for both bag kinds, SHA-1 MAC, empty password).
+        run(
+            d,
+            &[
+                "openssl",
+                "pkcs12",
+                "-export",
+                "-inkey",
+                "kp.key",
+                "-in",
+                "kp.crt",
+                "-certfile",
+                "pub.crt",
+                "-out",
+                "bundle.pfx",
+                "-passout",
+                "pass:",
+                "-keypbe",
+                "PBE-SHA1-3DES",
+                "-certpbe",
+                "PBE-SHA1-3DES",
+                "-macalg",
+                "sha1",
+            ],
+        );
+        let transport = TransportCert::generate().unwrap();
+        std::fs::write(d.join("transport.pem"), transport.cert_pem()).unwrap();
+        let thumb = |f: &str| {
+            let out = run(d, &["openssl", "x509", "-noout", "-fingerprint", "-sha1", "-in", f]);
+            String::from_utf8_lossy(&out).trim().rsplit('=').next().unwrap().replace(':', "")
+        };
+        Some(Made { with_key_thumb: thumb("kp.crt"), no_key_thumb: thumb("pub.crt"), transport, dir })
+    }
+
+    /// `openssl cms -encrypt` the PFX to the transport certificate with extra options.
+    fn envelope(m: &Made, opts: &[&str]) -> Vec<u8> {
+        let mut args =
+            vec!["openssl", "cms", "-encrypt", "-binary", "-in", "bundle.pfx", "-outform", "DER", "-out", "env.der"];
+        // -keyopt applies to the -recip before it.
+        args.extend_from_slice(&["-recip", "transport.pem"]);
+        args.extend_from_slice(opts);
+        run(m.dir.path(), &args);
+        std::fs::read(m.dir.path().join("env.der")).unwrap()
+    }
+
+    fn check_made(m: &Made, certs: &[CertEntry]) {
+        let mut got: Vec<(String, bool)> =
+            certs.iter().map(|c| (c.thumbprint.clone(), c.private_key_pem.is_some())).collect();
+        got.sort();
+        let mut want = vec![(m.with_key_thumb.clone(), true), (m.no_key_thumb.clone(), false)];
+        want.sort();
+        assert_eq!(got, want);
+        let kp = certs.iter().find(|c| c.private_key_pem.is_some()).unwrap();
+        // The key is the one openssl generated (same PKCS#8 → same public key).
+        let theirs = std::fs::read_to_string(m.dir.path().join("kp.key")).unwrap();
+        let theirs = RsaPrivateKey::from_pkcs8_pem(&theirs).unwrap();
+        let ours =
+            RsaPrivateKey::from_pkcs8_pem(std::str::from_utf8(kp.private_key_pem.as_ref().unwrap().expose()).unwrap())
+                .unwrap();
+        assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn openssl_round_trips_all_ciphers_paddings_and_rids() {
+        let Some(m) = make_pfx() else { return };
+        let cases: &[&[&str]] = &[
+            &["-aes128"],
+            &["-des3"],
+            &["-aes256"],
+            &["-aes128", "-keyid"],
+            &["-des3", "-keyid", "-keyopt", "rsa_padding_mode:oaep"],
+            &["-aes128", "-keyopt", "rsa_padding_mode:oaep"],
+            &["-aes256", "-keyopt", "rsa_padding_mode:oaep", "-keyopt", "rsa_oaep_md:sha256"],
+            // BER: indefinite lengths and a constructed (chunked) encryptedContent.
+            &["-aes128", "-stream", "-keyid"],
+        ];
+        for opts in cases {
+            let blob = envelope(&m, opts);
+            let certs = decrypt_certificates(&certificate_file(&blob), m.transport.key())
+                .unwrap_or_else(|e| panic!("{opts:?}: {e}"));
+            check_made(&m, &certs);
+        }
+        // Wrong key: an error (PKCS#1 v1.5 implicit rejection yields a random CEK, caught by the length check or
+        // the padding), never garbage certificates.
+        let blob = envelope(&m, &["-aes128"]);
+        let other = TransportCert::generate().unwrap();
+        assert!(decrypt_certificates(&certificate_file(&blob), other.key()).is_err());
+    }
+
+    #[test]
+    fn ber_reader_handles_indefinite_lengths_and_chunks() {
+        // SEQUENCE (indefinite) { OCTET STRING (constructed, indefinite) { "ab", "c" }, INTEGER 5 }
+        let ber = [0x30, 0x80, 0x24, 0x80, 0x04, 0x02, b'a', b'b', 0x04, 0x01, b'c', 0, 0, 0x02, 0x01, 5, 0, 0];
+        let t = asn1::parse(&ber).unwrap();
+        let c = t.seq("x").unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].octets().unwrap(), b"abc");
+        assert_eq!(c[1].uint("i").unwrap(), 5);
+        // Truncations and garbage are errors, never panics.
+        for n in 0..ber.len() {
+            let _ = asn1::parse(&ber[..n]).and_then(|t| t.seq("x").map(|_| ()));
+        }
+        assert!(asn1::parse(&[0x04, 0x80, 0, 0]).is_err());
+        assert!(asn1::parse(&[0x30, 0x85, 1, 1, 1, 1, 1]).is_err());
+        assert!(asn1::parse(&[0x04, 0x01, 1, 7]).is_err());
+        let deep: Vec<u8> = std::iter::repeat_n([0x30u8, 0x80], 200).flatten().collect();
+        assert!(asn1::parse(&deep).is_err());
+        assert_eq!(asn1::encode(0x04, &[7; 200])[..3], [0x04, 0x81, 200]);
+    }
+
+    #[test]
+    fn pkcs12_kdf_matches_rfc7292_reference() {
+        // Known-answer vectors (OpenSSL test/pkcs12_format / Bouncy Castle PKCS12Test): password "smeg" as
+        // BMPString, salt 0A58CF64530D823F, 1 iteration.
+        let bmp: Vec<u8> = "smeg\0".encode_utf16().flat_map(|u| u.to_be_bytes()).collect();
+        let salt = [0x0A, 0x58, 0xCF, 0x64, 0x53, 0x0D, 0x82, 0x3F];
+        let hex = |v: Vec<u8>| v.iter().map(|b| format!("{b:02X}")).collect::<String>();
+        assert_eq!(hex(pkcs12_kdf(&bmp, &salt, 1, 1, 24)), "8AAAE6297B6CB04642AB5B077851284EB7128F1A2A7FBCA3");
+        assert_eq!(hex(pkcs12_kdf(&bmp, &salt, 2, 1, 8)), "79993DFE048D3B76");
+    }
+
+    #[test]
+    fn openssh_conversion_matches_ssh_keygen() {
+        if !have("openssl") || !have("ssh-keygen") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for (i, alg) in [["-algorithm", "RSA"], ["-algorithm", "EC"], ["-algorithm", "ED25519"]].iter().enumerate() {
+            let key = format!("k{i}.pem");
+            let mut args = vec!["openssl", "genpkey", alg[0], alg[1], "-out", &key];
+            if alg[1] == "EC" {
+                args.extend_from_slice(&["-pkeyopt", "ec_paramgen_curve:P-384"]);
+            }
+            run(d, &args);
+            let pubpem = format!("p{i}.pem");
+            run(d, &["openssl", "pkey", "-in", &key, "-pubout", "-out", &pubpem]);
+            let der = run(d, &["openssl", "pkey", "-in", &key, "-pubout", "-outform", "DER"]);
+            let ours = openssh_public_key(&der).unwrap();
+            if alg[1] == "ED25519" {
+                // ssh-keygen -i -m PKCS8 does not import Ed25519 SPKI; compare with the private-key derived form.
+                let ssh = format!("s{i}");
+                run(d, &["cp", &key, &ssh]);
+                run(d, &["chmod", "600", &ssh]);
+                if Command::new("ssh-keygen")
+                    .args(["-y", "-f"])
+                    .arg(d.join(&ssh))
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+                {
+                    let theirs = run(d, &["ssh-keygen", "-y", "-f", &ssh]);
+                    assert_eq!(ours, String::from_utf8_lossy(&theirs).trim());
+                }
+                continue;
+            }
+            let theirs = run(d, &["ssh-keygen", "-i", "-m", "PKCS8", "-f", &pubpem]);
+            assert_eq!(ours, String::from_utf8_lossy(&theirs).trim(), "{alg:?}");
+        }
+        // mpint: leading zero only when the top bit is set; redundant zeros dropped.
+        assert_eq!(mpint(&[0, 0, 0x7f]), vec![0x7f]);
+        assert_eq!(mpint(&[0x80, 1]), vec![0, 0x80, 1]);
+        assert_eq!(mpint(&[0, 0x80]), vec![0, 0x80]);
+        assert_eq!(openssh_public_key(b"junk"), None);
+    }
+
+    mod wire {
+        use super::*;
+        use crate::platform::http::tests::{reply, Scripted};
+        use crate::platform::wireserver::{fetch_certificates, parse_goal_state, HealthProtocol};
+        use crate::timeutil::SystemClock;
+        use std::sync::{Arc, OnceLock};
+        use std::time::Instant;
+
+        fn fixture_transport() -> Option<TransportCert> {
+            let cert = crate::testutil::fixture(&format!("{HIBERNATE}/TransportCert.pem"))?;
+            let key = crate::testutil::fixture(&format!("{HIBERNATE}/TransportPrivate.pem"))?;
+            Some(TransportCert::from_pem(std::str::from_utf8(&cert).unwrap(), &Secret::new(key)).unwrap())
+        }
+
+        fn cfg(base: &str) -> WireConfig {
+            WireConfig {
+                base_delay: Duration::from_millis(10),
+                max_delay: Duration::from_millis(20),
+                min_interval: Duration::from_millis(1),
+                ..WireConfig::new(base, HealthProtocol::Xml, Instant::now() + Duration::from_secs(5))
+            }
+        }
+
+        fn client() -> HttpClient {
+            HttpClient::new(Duration::from_millis(500), Duration::from_millis(2000))
+        }
+
+        fn goal(base: &str, incarnation: &str) -> String {
+            format!(
+                "<?xml version=\"1.0\" encoding=\"utf-8\"?><GoalState><Incarnation>{incarnation}</Incarnation>\
+                 <Container><ContainerId>cid</ContainerId><RoleInstanceList><RoleInstance><InstanceId>iid.vm</InstanceId>\
+                 <Configuration><Certificates>{base}/machine/cid/iid?comp=certificates&amp;incarnation={incarnation}\
+                 </Certificates></Configuration></RoleInstance></RoleInstanceList></Container></GoalState>"
+            )
+        }
+
+        #[test]
+        fn aes_refused_then_des_decrypts_with_headers() {
+            let Some(t) = fixture_transport() else { return };
+            let xml = crate::testutil::fixture(&format!("{HIBERNATE}/goal_state_1/Certificates.xml")).unwrap();
+            let body = String::from_utf8(xml).unwrap();
+            let srv = Scripted::start(move |i, _| if i == 0 { reply(400, "no") } else { reply(200, &body) });
+            let g = parse_goal_state(goal(&srv.base, "1").as_bytes()).unwrap();
+            let certs = certificates_for(&client(), &cfg(&srv.base), &SystemClock, &g, &t).unwrap();
+            let mut got: Vec<(String, bool)> =
+                certs.iter().map(|c| (c.thumbprint.clone(), c.private_key_pem.is_some())).collect();
+            got.sort();
+            let mut want = expected("goal_state_1");
+            want.sort();
+            assert_eq!(got, want);
+            let seen = srv.finish();
+            assert_eq!(seen.len(), 2);
+            for (r, cipher) in seen.iter().zip(["AES128_CBC", "DES_EDE3_CBC"]) {
+                assert_eq!(
+                    (r.method.as_str(), r.url.as_str()),
+                    ("GET", "/machine/cid/iid?comp=certificates&incarnation=1")
+                );
+                assert_eq!(r.header("x-ms-agent-name"), Some("azprov"));
+                assert_eq!(r.header("x-ms-version"), Some("2012-11-30"));
+                assert_eq!(r.header("x-ms-cipher-name"), Some(cipher));
+                assert_eq!(r.header("x-ms-guest-agent-public-x509-cert"), Some(t.header_value().as_str()));
+            }
+        }
+
+        #[test]
+        fn aes_answer_undecryptable_then_des() {
+            let Some(t) = fixture_transport() else { return };
+            let xml = String::from_utf8(
+                crate::testutil::fixture(&format!("{HIBERNATE}/goal_state_2/Certificates.xml")).unwrap(),
+            )
+            .unwrap();
+            let bad = "<CertificateFile><Format>Pkcs7BlobWithPfxContents</Format><Data>MAA=</Data></CertificateFile>";
+            let srv = Scripted::start(move |_, r| {
+                if r.header("x-ms-cipher-name") == Some("AES128_CBC") {
+                    reply(200, bad)
+                } else {
+                    reply(200, &xml)
+                }
+            });
+            let g = parse_goal_state(goal(&srv.base, "1").as_bytes()).unwrap();
+            let certs = certificates_for(&client(), &cfg(&srv.base), &SystemClock, &g, &t).unwrap();
+            assert_eq!(certs.len(), 2);
+            assert_eq!(srv.finish().len(), 2);
+            // Both fail → the DES error, as a fetch failure when the request itself fails.
+            let srv = Scripted::start(|_, _| reply(401, ""));
+            let g = parse_goal_state(goal(&srv.base, "1").as_bytes()).unwrap();
+            let e = certificates_for(&client(), &cfg(&srv.base), &SystemClock, &g, &t).unwrap_err();
+            assert_eq!(e, CertError::Fetch(WireError::Http { code: 401 }));
+            assert_eq!(e.failure().reason, "failure to fetch certificates");
+            assert_eq!(srv.finish().len(), 2);
+        }
+
+        #[test]
+        fn stale_incarnation_refetches_goal_state() {
+            let t = TransportCert::generate().unwrap();
+            let base: Arc<OnceLock<String>> = Arc::new(OnceLock::new());
+            let b = base.clone();
+            let srv = Scripted::start(move |_, r| match r.url.as_str() {
+                "/machine/?comp=goalstate" => reply(200, &goal(b.get().unwrap(), "2")),
+                u if u.ends_with("incarnation=1") => reply(410, "gone"),
+                _ if r.header("x-ms-cipher-name").is_some() => reply(200, "<CertificateFile/>"),
+                _ => reply(500, ""),
+            });
+            base.set(srv.base.clone()).unwrap();
+            let g = parse_goal_state(goal(&srv.base, "1").as_bytes()).unwrap();
+            let body = fetch_certificates(&client(), &cfg(&srv.base), &SystemClock, &g, &t).unwrap();
+            assert_eq!(body, b"<CertificateFile/>");
+            let urls: Vec<String> = srv.finish().into_iter().map(|r| r.url).collect();
+            assert_eq!(
+                urls,
+                [
+                    "/machine/cid/iid?comp=certificates&incarnation=1",
+                    "/machine/?comp=goalstate",
+                    "/machine/cid/iid?comp=certificates&incarnation=2"
+                ]
+            );
+            // No Certificates URL: nothing to fetch, no request.
+            let mut g2 = g.clone();
+            g2.certificates_url = None;
+            assert_eq!(certificates_for(&client(), &cfg("http://127.0.0.1:9"), &SystemClock, &g2, &t).unwrap(), vec![]);
+            assert!(matches!(
+                fetch_certificates(&client(), &cfg("http://127.0.0.1:9"), &SystemClock, &g2, &t),
+                Err(WireError::Parse(_))
+            ));
+        }
     }
 
     #[test]
