@@ -273,13 +273,20 @@ pub fn thumbprint(cert_der: &[u8]) -> String {
 
 /// PEM armour with 64-character lines and a trailing newline.
 fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
+    let mut b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 2 * label.len() + 40);
+    out.push_str("-----BEGIN ");
+    out.push_str(label);
+    out.push_str("-----\n");
     for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
+        out.extend(chunk.iter().map(|b| char::from(*b)));
         out.push('\n');
     }
-    out.push_str(&format!("-----END {label}-----\n"));
+    out.push_str("-----END ");
+    out.push_str(label);
+    out.push_str("-----\n");
+    // The intermediate may hold a private key: wipe it (`out` is handed to a `Secret` by such callers).
+    zeroize::Zeroize::zeroize(&mut b64);
     out
 }
 
@@ -752,7 +759,11 @@ fn decrypt_envelope(blob: &[u8], key: &RsaPrivateKey) -> Result<Secret, CertErro
             continue;
         }
         match cipher.decrypt(cek.expose(), &iv, &content) {
-            Ok(plain) => return Ok(plain),
+            // A wrong CEK that happens to unpad still fails here: the plaintext must be a DER/BER SEQUENCE (the PFX).
+            Ok(plain) if asn1::parse(plain.expose()).is_ok_and(|t| t.is(asn1::UNIVERSAL, asn1::SEQUENCE)) => {
+                return Ok(plain)
+            }
+            Ok(_) => last = CertError::Content(format!("{}: plaintext is not a PFX", cipher.name())),
             Err(e) => last = e,
         }
     }
