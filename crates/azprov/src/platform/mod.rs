@@ -3,6 +3,7 @@
 //! and retry policy from the caller.
 
 pub mod cdrom;
+pub mod certificates;
 pub mod endpoint;
 pub mod http;
 pub mod identity;

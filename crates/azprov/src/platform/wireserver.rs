@@ -595,6 +595,94 @@ pub fn report_role_properties(
     })
 }
 
+/// `x-ms-cipher-name` of a certificates request (platform.md §5.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertCipher {
+    /// `AES128_CBC` (WALinuxAgent's first choice; the platform's default).
+    Aes128Cbc,
+    /// `DES_EDE3_CBC` (cloud-init, afterburn; WALinuxAgent's fallback).
+    DesEde3Cbc,
+}
+
+impl CertCipher {
+    pub fn header_value(self) -> &'static str {
+        match self {
+            CertCipher::Aes128Cbc => "AES128_CBC",
+            CertCipher::DesEde3Cbc => "DES_EDE3_CBC",
+        }
+    }
+}
+
+const CERTIFICATES: &str = "GET comp=certificates";
+
+/// `GET` the goal state's Certificates URL asking for `AES128_CBC` (see [`fetch_certificates_with`]).
+pub fn fetch_certificates(
+    client: &HttpClient,
+    cfg: &WireConfig,
+    clock: &dyn Clock,
+    goal: &GoalState,
+    transport: &super::certificates::TransportCert,
+) -> Result<Vec<u8>, WireError> {
+    fetch_certificates_with(client, cfg, clock, goal, transport, CertCipher::Aes128Cbc)
+}
+
+/// `GET` the goal state's Certificates URL with the transport certificate, retrying as platform.md §5.2 says
+/// until `cfg.deadline`; on 409/410 the goal state is fetched again and its (new) Certificates URL used. Returns
+/// the raw `CertificateFile` document for [`super::certificates::decrypt_certificates`]. A goal state without
+/// a Certificates URL is a [`WireError::Parse`].
+pub fn fetch_certificates_with(
+    client: &HttpClient,
+    cfg: &WireConfig,
+    clock: &dyn Clock,
+    goal: &GoalState,
+    transport: &super::certificates::TransportCert,
+    cipher: CertCipher,
+) -> Result<Vec<u8>, WireError> {
+    let no_url = || WireError::Parse("goal state has no Certificates URL".into());
+    let mut url = goal.certificates_url.clone().ok_or_else(no_url)?;
+    let cert = transport.header_value();
+    let headers = [
+        ("x-ms-agent-name", AGENT_NAME),
+        ("x-ms-version", X_MS_VERSION),
+        ("x-ms-cipher-name", cipher.header_value()),
+        ("x-ms-guest-agent-public-x509-cert", cert.as_str()),
+    ];
+    let mut d = Driver::new(cfg, clock);
+    let mut refresh = false;
+    loop {
+        let attempt = d.retry.pace();
+        if refresh {
+            match goal_state_once(client, cfg, attempt) {
+                Ok(g) => {
+                    url = g.certificates_url.ok_or_else(no_url)?;
+                    refresh = false;
+                }
+                Err(f) => {
+                    d.handle(f)?;
+                    continue;
+                }
+            }
+        }
+        let failed = match client.get(&url, &headers) {
+            Ok(resp) => {
+                debug!(attempt, cipher = cipher.header_value(), status = resp.status, "certificates answered");
+                match classify(CERTIFICATES, &resp) {
+                    Ok(()) => return Ok(resp.body),
+                    Err(f) => f,
+                }
+            }
+            Err(e) => {
+                debug!(attempt, error = %e, "certificates request failed");
+                transport_failure(CERTIFICATES, e)
+            }
+        };
+        if let Failed::Retry { stale: true, .. } = failed {
+            refresh = true;
+        }
+        d.handle(failed)?;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
