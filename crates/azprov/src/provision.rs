@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::duties::{self, Outcome, Passwd};
 use crate::plan::{self, Action, Phase, Plan};
 use crate::platform::cdrom::{self, Found};
+use crate::platform::certificates;
 use crate::platform::endpoint;
 use crate::platform::http::HttpClient;
 use crate::platform::identity;
@@ -20,6 +21,7 @@ use crate::platform::media::MediaError;
 use crate::platform::ovf::{self, Environment};
 use crate::platform::wireserver::{self, Health, HealthProtocol, WireConfig, WireError};
 use crate::report::{self, Failure, ReportContext};
+use crate::secret::Secret;
 use crate::state::{RunResult, RunSummary, State, StepOutcome, StepRecord, VmProgress};
 use crate::system::System;
 use crate::timeutil::{self, Clock};
@@ -100,6 +102,10 @@ struct Run<'a> {
     /// The wireserver base URL, resolved once (configured, or discovered: route, DHCP option 245, default).
     wire_url: Option<String>,
 }
+
+/// The transport certificate and its key while provisioning needs them (removed after Ready).
+const TRANSPORT_KEY: &str = "transport.key";
+const TRANSPORT_CERT: &str = "transport.crt";
 
 /// Progress key of the host-key step (once per VM id).
 const HOST_KEYS: &str = "host_keys";
@@ -592,7 +598,82 @@ impl<'a> Run<'a> {
                 }
             }
         }
+        if let Some(e) = env {
+            let user = plan::identity(env, Some(instance)).username;
+            if let Err(f) = self.certificate_keys(e, user.as_deref()) {
+                return self.fail(f);
+            }
+        }
         self.report_ready()
+    }
+
+    /// OVF keys that exist only as certificates (fingerprint-only public keys, key pairs): fetched from the
+    /// wireserver with a transport certificate and decrypted in process (platform.md §5.8). Only when asked for.
+    fn certificate_keys(&mut self, env: &Environment, username: Option<&str>) -> Result<(), Failure> {
+        const STEP: &str = "certificate_keys";
+        let fingerprints: Vec<String> = env
+            .public_keys
+            .iter()
+            .filter(|k| k.value.as_deref().is_none_or(|v| v.trim().is_empty()))
+            .filter_map(|k| k.fingerprint.clone())
+            .collect();
+        if fingerprints.is_empty() && env.key_pairs.is_empty() {
+            return Ok(());
+        }
+        if self.progress.done.iter().any(|d| d == STEP) {
+            let t = self.clock.now();
+            self.record(STEP, StepOutcome::Skipped, t, "already done for this VM id".into());
+            return Ok(());
+        }
+        let t = self.clock.now();
+        let Some(user) = username.and_then(|u| duties::user::lookup(self.sys, u)) else {
+            self.record(STEP, StepOutcome::Skipped, t, "no admin user to install certificate keys for".into());
+            return Ok(());
+        };
+        let transport = self.transport_cert()?;
+        let wcfg = self.wire_config();
+        let client = wcfg.client();
+        let goal = wireserver::fetch_goal_state(&client, &wcfg, self.clock).map_err(|e| e.failure())?;
+        let certs =
+            certificates::certificates_for(&client, &wcfg, self.clock, &goal, &transport).map_err(|e| e.failure())?;
+        match duties::key_pairs::install(self.sys, &user, &certs, &fingerprints, &env.key_pairs) {
+            Outcome::Done(d) => {
+                tracing::info!("{STEP}: {d}");
+                self.record(STEP, StepOutcome::Done, t, d);
+                self.progress.done.push(STEP.into());
+                self.save_progress();
+                Ok(())
+            }
+            Outcome::Skipped(d) => {
+                self.record(STEP, StepOutcome::Skipped, t, d);
+                Ok(())
+            }
+            Outcome::Failed(f) => {
+                self.record(STEP, StepOutcome::Failed, t, f.reason.clone());
+                Err(f)
+            }
+        }
+    }
+
+    /// The transport certificate: reused from the state directory (0600) if an earlier attempt made one.
+    fn transport_cert(&mut self) -> Result<certificates::TransportCert, Failure> {
+        let key_path = self.cfg.state.dir.join(TRANSPORT_KEY);
+        let cert_path = self.cfg.state.dir.join(TRANSPORT_CERT);
+        if let (Ok(k), Ok(c)) = (self.sys.read(&key_path), self.sys.read_to_string(&cert_path)) {
+            if let Ok(t) = certificates::TransportCert::from_pem(&c, &Secret::new(k)) {
+                return Ok(t);
+            }
+        }
+        let t = certificates::TransportCert::generate().map_err(|e| e.failure())?;
+        let key = t.private_key_pem().map_err(|e| e.failure())?;
+        let saved = self
+            .sys
+            .write_file(&key_path, key.expose(), 0o600, None)
+            .and_then(|_| self.sys.write_file(&cert_path, t.cert_pem().as_bytes(), 0o600, None));
+        if let Err(e) = saved {
+            self.warn(&format!("cannot keep the transport certificate: {e}"));
+        }
+        Ok(t)
     }
 
     fn ctx(&self) -> ReportContext {
@@ -686,6 +767,8 @@ impl<'a> Run<'a> {
             self.warn(&format!("Ready accepted but the provisioned marker could not be written: {e}"));
         }
         let _ = self.sys.remove_file(&self.cfg.state.run_dir.join(RUN_OVF));
+        let _ = self.sys.remove_file(&self.cfg.state.dir.join(TRANSPORT_KEY));
+        let _ = self.sys.remove_file(&self.cfg.state.dir.join(TRANSPORT_CERT));
         if let (true, Some(dev)) = (self.cfg.media.eject, self.device.clone()) {
             let t = self.clock.now();
             match self.sys.eject(&dev) {

@@ -3,6 +3,7 @@
 
 pub mod host_keys;
 pub mod hostname;
+pub mod key_pairs;
 pub mod password;
 pub mod ssh_keys;
 pub mod sshd;
