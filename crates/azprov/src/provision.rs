@@ -300,11 +300,12 @@ impl Run<'_> {
             if let Err(e) = self.state.save_redacted_ovf(&redacted) {
                 self.warn(&format!("cannot save the redacted ovf-env.xml: {e}"));
             }
-            // the unredacted copy lives only until Ready (lets a restarted/next phase run without the DVD)
+            // the unredacted copy lives only until Ready (lets a restarted/next phase run without the DVD); a per-boot
+            // file (tmpfs /run): no fsync
             let keep = self
                 .sys
                 .create_dir_all(&self.cfg.state.run_dir, 0o700, None)
-                .and_then(|_| self.sys.write_file(&run_copy, &bytes, 0o600, None));
+                .and_then(|_| self.sys.write_file_unsynced(&run_copy, &bytes, 0o600, None));
             if let Err(e) = keep {
                 self.warn(&format!("cannot keep ovf-env.xml in {}: {e}", self.cfg.state.run_dir.display()));
             }
