@@ -354,6 +354,15 @@ impl Run<'_> {
     fn execute(&mut self, p: &Plan, env: Option<&Environment>) -> Result<(), Failure> {
         let mut user: Option<Passwd> = None;
         let mut user_created = false;
+        // the password hash (milliseconds of CPU) is computed on a helper thread while hostname/useradd run
+        let mut prehash = p
+            .steps
+            .iter()
+            .find_map(|s| match (&s.action, &s.skip) {
+                (Action::Password { set: true, .. }, None) => env.and_then(|e| e.password.as_ref()),
+                _ => None,
+            })
+            .and_then(duties::password::Prehash::start);
         for step in &p.steps {
             let name = step.action.name();
             let t = self.clock.now();
@@ -379,7 +388,7 @@ impl Run<'_> {
                 }
                 Action::Password { user: u, set } => {
                     let secret = if *set { env.and_then(|e| e.password.as_ref()) } else { None };
-                    duties::password::apply(self.sys, u, secret, user_created)
+                    duties::password::apply_prehashed(self.sys, u, secret, user_created, prehash.take())
                 }
                 Action::SshKeys { user: u, keys } => match &user {
                     Some(pw) => duties::ssh_keys::install(self.sys, pw, keys),
