@@ -6,6 +6,7 @@ pub mod bench;
 pub mod demo;
 pub mod dvd;
 pub mod faults;
+pub mod live;
 pub mod ovf;
 pub mod sandbox;
 pub mod server;

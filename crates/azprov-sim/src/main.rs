@@ -80,6 +80,24 @@ enum Command {
         runs: usize,
         #[arg(long, default_value_t = 3)]
         warmup: usize,
+        /// Measure a live run (root `/`) inside a throwaway mount+UTS+network namespace sandbox with overlays
+        /// over /etc, /home and /var: nothing of this machine changes (needs root and util-linux unshare).
+        #[arg(long)]
+        live: bool,
+    },
+    /// Internal: the inside of `bench --live`, run under unshare.
+    #[command(name = "__live-bench", hide = true)]
+    LiveBenchInner {
+        #[arg(long)]
+        agent: PathBuf,
+        #[arg(long)]
+        runs: usize,
+        #[arg(long)]
+        warmup: usize,
+        #[arg(long)]
+        scratch: PathBuf,
+        #[arg(long)]
+        host_ns: String,
     },
 }
 
@@ -162,9 +180,18 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("the demo VM was not provisioned");
             }
         }
-        Command::Bench { agent, runs, warmup } => {
+        Command::Bench { agent, runs, warmup, live: false } => {
             let opts = azprov_sim::bench::BenchOptions { agent, runs, warmup };
             azprov_sim::bench::run(opts, &mut std::io::stdout()).map_err(anyhow::Error::msg)?;
+        }
+        Command::Bench { agent, runs, warmup, live: true } => {
+            let sim_exe = std::env::current_exe().context("locating the azprov-sim executable")?;
+            let opts = azprov_sim::live::LiveOptions { agent, runs, warmup, sim_exe };
+            azprov_sim::live::run(opts, &mut std::io::stdout()).map_err(anyhow::Error::msg)?;
+        }
+        Command::LiveBenchInner { agent, runs, warmup, scratch, host_ns } => {
+            let opts = azprov_sim::live::InnerOptions { agent, runs, warmup, scratch, host_ns };
+            azprov_sim::live::inner(opts, &mut std::io::stdout()).map_err(anyhow::Error::msg)?;
         }
     }
     Ok(())

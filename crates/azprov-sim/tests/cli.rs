@@ -59,3 +59,62 @@ fn serve_refuses_non_loopback() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("non-loopback"));
 }
+
+/// What `bench --live` must leave untouched on this machine.
+fn host_fingerprint() -> String {
+    let mut s = String::new();
+    for f in ["/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow", "/etc/hostname", "/etc/hosts"] {
+        // contents stand in for checksums: any change shows up in the comparison
+        s.push_str(&format!("{f}: {:?}\n", std::fs::read(f).ok()));
+    }
+    for d in ["/home", "/etc", "/etc/ssh", "/var/lib", "/run"] {
+        let mut names: Vec<String> = std::fs::read_dir(d)
+            .map(|r| r.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        s.push_str(&format!("{d}: {names:?}\n"));
+    }
+    let host = Command::new("hostname").output().map(|o| o.stdout).unwrap_or_default();
+    s.push_str(&format!("hostname: {}\n", String::from_utf8_lossy(&host)));
+    s
+}
+
+#[test]
+fn live_bench_runs_in_a_namespace_and_changes_nothing() {
+    let sim_exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_azprov-sim"));
+    let agent = sim_exe.with_file_name("azprov");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || !agent.is_file() {
+        // not root: the command itself must say it skips
+        if !root {
+            let out = sim().args(["bench", "--live", "--runs", "1"]).output().unwrap();
+            assert!(out.status.success());
+            assert!(String::from_utf8_lossy(&out.stdout).contains("live benchmark skipped"));
+        }
+        eprintln!("skipping the live benchmark test: needs root and {} (cargo test --workspace)", agent.display());
+        return;
+    }
+    let before = host_fingerprint();
+    let scratch_dirs = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("azprov-live-"))
+            .collect();
+        v.sort();
+        v
+    };
+    let scratch_before = scratch_dirs();
+    let out = sim().args(["bench", "--live", "--runs", "2", "--warmup", "0", "--agent"]).arg(&agent).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("live (namespace sandbox)"), "{stdout}");
+    assert!(stdout.contains("start → Ready"), "{stdout}");
+    assert!(stdout.contains("Success, reported"), "{stdout}");
+    assert!(stdout.contains("created user azureuser"), "{stdout}");
+    assert!(stdout.contains("kernel"), "the live run sets the (namespaced) kernel host name: {stdout}");
+    assert_eq!(host_fingerprint(), before, "the live benchmark changed the host");
+    assert_eq!(scratch_dirs(), scratch_before, "scratch directory left in the temp dir");
+}

@@ -413,11 +413,12 @@ impl<'a> Run<'a> {
             if let Err(e) = self.state.save_redacted_ovf(&redacted) {
                 self.warn(&format!("cannot save the redacted ovf-env.xml: {e}"));
             }
-            // the unredacted copy lives only until Ready (lets a restarted/next phase run without the DVD)
+            // the unredacted copy lives only until Ready (lets a restarted/next phase run without the DVD); a per-boot
+            // file (tmpfs /run): no fsync
             let keep = self
                 .sys
                 .create_dir_all(&self.cfg.state.run_dir, 0o700, None)
-                .and_then(|_| self.sys.write_file(&run_copy, &bytes, 0o600, None));
+                .and_then(|_| self.sys.write_file_unsynced(&run_copy, &bytes, 0o600, None));
             if let Err(e) = keep {
                 self.warn(&format!("cannot keep ovf-env.xml in {}: {e}", self.cfg.state.run_dir.display()));
             }
@@ -473,6 +474,15 @@ impl<'a> Run<'a> {
     fn execute(&mut self, p: &Plan, env: Option<&Environment>) -> Result<(), Failure> {
         let mut user: Option<Passwd> = None;
         let mut user_created = false;
+        // the password hash (milliseconds of CPU) is computed on a helper thread while hostname/useradd run
+        let mut prehash = p
+            .steps
+            .iter()
+            .find_map(|s| match (&s.action, &s.skip) {
+                (Action::Password { set: true, .. }, None) => env.and_then(|e| e.password.as_ref()),
+                _ => None,
+            })
+            .and_then(duties::password::Prehash::start);
         for step in &p.steps {
             let name = step.action.name();
             let t = self.clock.now();
@@ -498,7 +508,7 @@ impl<'a> Run<'a> {
                 }
                 Action::Password { user: u, set } => {
                     let secret = if *set { env.and_then(|e| e.password.as_ref()) } else { None };
-                    duties::password::apply(self.sys, u, secret, user_created)
+                    duties::password::apply_prehashed(self.sys, u, secret, user_created, prehash.take())
                 }
                 Action::SshKeys { user: u, keys } => match &user {
                     Some(pw) => duties::ssh_keys::install(self.sys, pw, keys),

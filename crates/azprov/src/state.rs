@@ -112,9 +112,10 @@ impl<'a> State<'a> {
         self.sys.write_file(&self.progress_path(), &json, 0o600, None)
     }
 
+    /// Rewritten on every run, read only by `azprov status`: not fsynced (the marker and progress are).
     pub fn save_summary(&self, s: &RunSummary) -> io::Result<()> {
         let json = serde_json::to_vec_pretty(s).map_err(io::Error::other)?;
-        self.sys.write_file(&self.dir.join("last-run.json"), &json, 0o600, None)
+        self.sys.write_file_unsynced(&self.dir.join("last-run.json"), &json, 0o600, None)
     }
 
     pub fn summary(&self) -> io::Result<RunSummary> {
@@ -122,9 +123,9 @@ impl<'a> State<'a> {
         serde_json::from_slice(&b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
-    /// The root-only copy of the OVF with the password redacted.
+    /// The root-only copy of the OVF with the password redacted (diagnostics, rewritten on every run: not fsynced).
     pub fn save_redacted_ovf(&self, redacted: &[u8]) -> io::Result<()> {
-        self.sys.write_file(&self.dir.join("ovf-env.xml"), redacted, 0o600, None)
+        self.sys.write_file_unsynced(&self.dir.join("ovf-env.xml"), redacted, 0o600, None)
     }
 }
 

@@ -44,8 +44,45 @@ fn run(sys: &dyn System, cmd: Command, what: &str) -> Result<(), Failure> {
     }
 }
 
+/// `sha512_crypt` with a fresh random salt and the default 5000 rounds.
+fn hash(password: &Secret) -> Result<Secret, String> {
+    random_salt().and_then(|salt| sha512_crypt(password.expose(), &salt, 5000))
+}
+
+/// The password hash (milliseconds of CPU) computed on a helper thread while earlier steps — useradd — run.
+pub struct Prehash {
+    input: Secret,
+    handle: std::thread::JoinHandle<Result<Secret, String>>,
+}
+
+impl Prehash {
+    /// Start hashing `password` on a helper thread; `None` if no thread could be started (then `apply` hashes).
+    pub fn start(password: &Secret) -> Option<Prehash> {
+        let pw = password.clone();
+        let handle = std::thread::Builder::new().name("azprov-pwhash".into()).spawn(move || hash(&pw)).ok()?;
+        Some(Prehash { input: password.clone(), handle })
+    }
+
+    /// The hash, if it was started for this very password.
+    fn join_for(self, password: &Secret) -> Option<Result<Secret, String>> {
+        let result = self.handle.join().ok()?;
+        (self.input == *password).then_some(result)
+    }
+}
+
 /// Set (or lock) the password of `user`. `newly_created`: useradd already left the account locked.
 pub fn apply(sys: &dyn System, user: &str, password: Option<&Secret>, newly_created: bool) -> Outcome {
+    apply_prehashed(sys, user, password, newly_created, None)
+}
+
+/// As [`apply`], using the hash a [`Prehash`] computed meanwhile when it was started for the same password.
+pub fn apply_prehashed(
+    sys: &dyn System,
+    user: &str,
+    password: Option<&Secret>,
+    newly_created: bool,
+    prehash: Option<Prehash>,
+) -> Outcome {
     let Some(pw) = password else {
         if newly_created {
             return Outcome::Done(format!("no password provided: {user} stays locked (useradd default)"));
@@ -58,7 +95,7 @@ pub fn apply(sys: &dyn System, user: &str, password: Option<&Secret>, newly_crea
             Err(f) => Outcome::Failed(f),
         };
     };
-    let hashed = match random_salt().and_then(|salt| sha512_crypt(pw.expose(), &salt, 5000)) {
+    let hashed = match prehash.and_then(|p| p.join_for(pw)).unwrap_or_else(|| hash(pw)) {
         Ok(h) => h,
         Err(e) => return Outcome::Failed(Failure::new("failure to set password").with("exception", e)),
     };
@@ -99,6 +136,28 @@ mod tests {
         assert!(a.bytes().all(|c| SALT_CHARS.contains(&c)));
         let h = sha512_crypt("£ café 김치".as_bytes(), &a, 5000).unwrap();
         assert!(std::str::from_utf8(h.expose()).unwrap().starts_with(&format!("$6${a}$")));
+    }
+
+    #[test]
+    fn prehash_is_used_only_for_the_same_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = crate::system::record::RecordingSystem::new(dir.path());
+        sys.script("chpasswd", crate::system::CommandOutput { status: Some(0), ..Default::default() });
+        let pw = Secret::new(b"Sup3r-Secret!".to_vec());
+        let pre = Prehash::start(&pw).unwrap();
+        assert!(matches!(apply_prehashed(&sys, "azureuser", Some(&pw), true, Some(pre)), Outcome::Done(_)));
+        // started for another password: ignored, the right one is hashed
+        let pre = Prehash::start(&Secret::new(b"other".to_vec())).unwrap();
+        assert!(matches!(apply_prehashed(&sys, "azureuser", Some(&pw), true, Some(pre)), Outcome::Done(_)));
+        let cmds = sys.commands();
+        assert_eq!(cmds.len(), 2);
+        for c in &cmds {
+            let line = String::from_utf8(c.stdin.as_ref().unwrap().expose().to_vec()).unwrap();
+            let hash = line.trim_end().strip_prefix("azureuser:").unwrap();
+            let salt = hash.split('$').nth(2).unwrap();
+            let again = sha512_crypt(b"Sup3r-Secret!", salt, 5000).unwrap();
+            assert_eq!(again.expose(), hash.as_bytes(), "the hash is of the password given to apply");
+        }
     }
 
     #[test]

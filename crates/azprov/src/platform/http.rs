@@ -177,6 +177,19 @@ pub struct HttpClient {
     agent: ureq::Agent,
 }
 
+/// Whether the URL's host is an IP address (the platform endpoints always are): then "resolving" it is parsing,
+/// and ureq's resolve timeout — which runs every lookup on a fresh thread — is dropped for that request.
+fn host_is_ip_literal(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6.split_once(']').is_some_and(|(a, _)| a.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    host.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
 impl HttpClient {
     pub fn new(connect_timeout: Duration, read_timeout: Duration) -> Self {
         Self::with_max_body(connect_timeout, read_timeout, MAX_BODY_BYTES)
@@ -208,6 +221,9 @@ impl HttpClient {
 
     pub fn get(&self, url: &str, headers: &[(&str, &str)]) -> Result<Response, TransportError> {
         let mut req = self.agent.get(url);
+        if host_is_ip_literal(url) {
+            req = req.config().timeout_resolve(None).build();
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -216,6 +232,9 @@ impl HttpClient {
 
     pub fn post(&self, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response, TransportError> {
         let mut req = self.agent.post(url);
+        if host_is_ip_literal(url) {
+            req = req.config().timeout_resolve(None).build();
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -473,6 +492,21 @@ pub(crate) mod tests {
 
     fn client() -> HttpClient {
         HttpClient::new(ms(500), ms(300))
+    }
+
+    #[test]
+    fn ip_literal_hosts() {
+        for yes in [
+            "http://168.63.129.16/machine/?comp=goalstate",
+            "http://127.0.0.1:8080",
+            "http://[::1]:80/x",
+            "http://169.254.169.254/metadata?x=1",
+        ] {
+            assert!(host_is_ip_literal(yes), "{yes}");
+        }
+        for no in ["http://wireserver.example/x", "http://localhost:80/", "http://1.2.3.4.example/", "http://[zz]/"] {
+            assert!(!host_is_ip_literal(no), "{no}");
+        }
     }
 
     #[test]

@@ -123,6 +123,11 @@ pub trait System: Send + Sync {
     /// Atomically replace `path`: temp file in the same directory created with `mode`, owner set, fsync, rename.
     /// Refuses to replace a symlink.
     fn write_file(&self, path: &Path, data: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()>;
+    /// `write_file` without the fsync (still atomic towards readers: temp file, rename): only for files whose loss
+    /// in a crash is harmless — per-boot copies under `/run` and diagnostic copies rewritten on every run.
+    fn write_file_unsynced(&self, path: &Path, data: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
+        self.write_file(path, data, mode, owner)
+    }
     /// `mkdir -p`; directories this call creates get `mode` and `owner`.
     fn create_dir_all(&self, path: &Path, mode: u32, owner: Option<(u32, u32)>) -> io::Result<()>;
     fn set_owner(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()>;

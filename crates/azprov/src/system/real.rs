@@ -2,6 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -122,6 +123,42 @@ fn chown(path: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
     Ok(())
 }
 
+/// Temp file in the same directory (O_EXCL|O_NOFOLLOW, `mode`, `owner`), optionally fsync, rename over `host`.
+/// Refuses to replace a symlink. `target` is only for messages.
+fn atomic_write(
+    host: &Path,
+    target: &Path,
+    data: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+    sync: bool,
+) -> io::Result<()> {
+    if let Ok(m) = fs::symlink_metadata(host) {
+        if m.file_type().is_symlink() {
+            return Err(io::Error::other(format!("refusing to replace symlink {}", target.display())));
+        }
+    }
+    let dir = host.parent().ok_or_else(|| io::Error::other("path has no parent"))?;
+    let name = host.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.azprov-tmp"));
+    let _ = fs::remove_file(&tmp);
+    let result = (|| {
+        // O_EXCL + O_NOFOLLOW: never write through something planted at the temp name.
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(mode).custom_flags(0o400_000).open(&tmp)?;
+        f.write_all(data)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        chown(&tmp, owner)?;
+        if sync {
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, host)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Lock a pool file with both lock kinds hv_kvp_daemon and other agents use.
 fn kvp_lock(file: &File) -> io::Result<()> {
     rustix::fs::flock(file, rustix::fs::FlockOperation::LockExclusive)?;
@@ -134,6 +171,142 @@ fn kvp_open(host: &Path) -> io::Result<File> {
         fs::create_dir_all(dir)?;
     }
     OpenOptions::new().read(true).append(true).create(true).mode(0o644).custom_flags(0o400_000).open(host)
+}
+
+/// After the child exited, how long to keep reading pipes a grandchild may still hold open.
+const PIPE_GRACE: Duration = Duration::from_millis(100);
+/// Without a pidfd (kernels before 5.3), how often to check whether the child exited.
+const EXIT_POLL: Duration = Duration::from_millis(1);
+
+/// One end of a child's pipe, non-blocking, with what was read from it.
+struct Pipe<T: AsFd> {
+    fd: Option<T>,
+    buf: Vec<u8>,
+}
+
+impl<T: AsFd + Read> Pipe<T> {
+    fn new(fd: Option<T>) -> io::Result<Self> {
+        if let Some(f) = &fd {
+            rustix::io::ioctl_fionbio(f, true)?;
+        }
+        Ok(Pipe { fd, buf: Vec::new() })
+    }
+    /// Read what is available; EOF or an error closes the pipe.
+    fn drain(&mut self) {
+        let mut chunk = [0u8; 4096];
+        while let Some(f) = self.fd.as_mut() {
+            match f.read(&mut chunk) {
+                Ok(0) => self.fd = None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => self.fd = None,
+            }
+        }
+    }
+}
+
+/// Feed `stdin`, collect stdout/stderr and wait for the child, all on this thread: one `poll` over the pipes and
+/// a pidfd (so the exit is seen at once, without sleeping or helper threads). Kills the child at `timeout`.
+fn supervise(mut child: std::process::Child, stdin: &[u8], timeout: Duration) -> io::Result<CommandOutput> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let start = Instant::now();
+    let mut input = child.stdin.take();
+    if let Some(f) = &input {
+        rustix::io::ioctl_fionbio(f, true)?;
+    }
+    let mut written = 0;
+    if stdin.is_empty() {
+        input = None;
+    }
+    let mut out = Pipe::new(child.stdout.take())?;
+    let mut err = Pipe::new(child.stderr.take())?;
+    let pidfd = rustix::process::Pid::from_raw(child.id() as i32)
+        .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok());
+    let mut status = None;
+    let mut exited_at = None;
+    let mut timed_out = false;
+    loop {
+        if status.is_none() {
+            if let Some(st) = child.try_wait()? {
+                status = Some(st);
+                exited_at = Some(Instant::now());
+                input = None;
+            }
+        }
+        let pipes_open = out.fd.is_some() || err.fd.is_some();
+        let now = Instant::now();
+        let wait = match exited_at {
+            Some(_) if !pipes_open => break,
+            Some(t) if now.duration_since(t) >= PIPE_GRACE => break,
+            Some(t) => PIPE_GRACE - now.duration_since(t),
+            None => {
+                let elapsed = now.duration_since(start);
+                if elapsed >= timeout {
+                    let _ = child.kill();
+                    status = Some(child.wait()?);
+                    timed_out = true;
+                    break;
+                }
+                let left = timeout - elapsed;
+                if pidfd.is_some() {
+                    left
+                } else {
+                    left.min(EXIT_POLL)
+                }
+            }
+        };
+        let ts = Timespec { tv_sec: wait.as_secs() as i64, tv_nsec: wait.subsec_nanos() as _ };
+        let r = {
+            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(4);
+            let (mut i_in, mut i_out, mut i_err) = (None, None, None);
+            if let Some(f) = &input {
+                i_in = Some(fds.len());
+                fds.push(PollFd::new(f, PollFlags::OUT));
+            }
+            if let Some(f) = &out.fd {
+                i_out = Some(fds.len());
+                fds.push(PollFd::new(f, PollFlags::IN));
+            }
+            if let Some(f) = &err.fd {
+                i_err = Some(fds.len());
+                fds.push(PollFd::new(f, PollFlags::IN));
+            }
+            if let (Some(f), None) = (&pidfd, &status) {
+                fds.push(PollFd::new(f, PollFlags::IN));
+            }
+            match poll(&mut fds, Some(&ts)) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let ready = |i: Option<usize>| i.map(|i| !fds[i].revents().is_empty()).unwrap_or(false);
+            (ready(i_in), ready(i_out), ready(i_err))
+        };
+        let (in_ready, out_ready, err_ready) = r;
+        if in_ready {
+            if let Some(f) = input.as_mut() {
+                match f.write(&stdin[written..]) {
+                    Ok(n) => written += n,
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+                    // the child closed its stdin (EPIPE): it takes no more input
+                    Err(_) => written = stdin.len(),
+                }
+            }
+            if written >= stdin.len() {
+                input = None; // EOF for the child
+            }
+        }
+        if out_ready {
+            out.drain();
+        }
+        if err_ready {
+            err.drain();
+        }
+    }
+    out.drain();
+    err.drain();
+    Ok(CommandOutput { status: status.and_then(|s| s.code()), stdout: out.buf, stderr: err.buf, timed_out })
 }
 
 impl System for RealSystem {
@@ -159,30 +332,11 @@ impl System for RealSystem {
     }
 
     fn write_file(&self, path: &Path, data: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
-        let host = self.host_path(path);
-        if let Ok(m) = fs::symlink_metadata(&host) {
-            if m.file_type().is_symlink() {
-                return Err(io::Error::other(format!("refusing to replace symlink {}", path.display())));
-            }
-        }
-        let dir = host.parent().ok_or_else(|| io::Error::other("path has no parent"))?;
-        let name = host.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.azprov-tmp"));
-        let _ = fs::remove_file(&tmp);
-        let result = (|| {
-            // O_EXCL + O_NOFOLLOW: never write through something planted at the temp name.
-            let mut f =
-                OpenOptions::new().write(true).create_new(true).mode(mode).custom_flags(0o400_000).open(&tmp)?;
-            f.write_all(data)?;
-            f.set_permissions(fs::Permissions::from_mode(mode))?;
-            chown(&tmp, owner)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &host)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        atomic_write(&self.host_path(path), path, data, mode, owner, true)
+    }
+
+    fn write_file_unsynced(&self, path: &Path, data: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
+        atomic_write(&self.host_path(path), path, data, mode, owner, false)
     }
 
     fn create_dir_all(&self, path: &Path, mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
@@ -223,52 +377,15 @@ impl System for RealSystem {
     }
 
     fn run(&self, cmd: &Command) -> io::Result<CommandOutput> {
-        let mut child = std::process::Command::new(&cmd.program)
+        let child = std::process::Command::new(&cmd.program)
             .args(&cmd.args)
             .stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("LC_ALL", "C")
             .spawn()?;
-        if let (Some(data), Some(mut stdin)) = (&cmd.stdin, child.stdin.take()) {
-            stdin.write_all(data.expose())?;
-        }
-        // Drain pipes on threads so a chatty child cannot block on a full pipe while we wait.
-        let mut out_pipe = child.stdout.take();
-        let mut err_pipe = child.stderr.take();
-        let out_t = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(p) = out_pipe.as_mut() {
-                let _ = p.read_to_end(&mut v);
-            }
-            v
-        });
-        let err_t = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(p) = err_pipe.as_mut() {
-                let _ = p.read_to_end(&mut v);
-            }
-            v
-        });
-        let start = Instant::now();
-        let mut timed_out = false;
-        let status = loop {
-            if let Some(st) = child.try_wait()? {
-                break st;
-            }
-            if start.elapsed() >= cmd.timeout {
-                let _ = child.kill();
-                timed_out = true;
-                break child.wait()?;
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        };
-        Ok(CommandOutput {
-            status: status.code(),
-            stdout: out_t.join().unwrap_or_default(),
-            stderr: err_t.join().unwrap_or_default(),
-            timed_out,
-        })
+        let stdin = cmd.stdin.as_ref().map(|s| s.expose()).unwrap_or_default();
+        supervise(child, stdin, cmd.timeout)
     }
 
     fn has_program(&self, program: &str) -> bool {
@@ -388,6 +505,11 @@ mod tests {
         assert_eq!(s.stat(Path::new("/a")).unwrap().mode, 0o700);
         std::os::unix::fs::symlink("/etc/passwd", dir.path().join("a/link")).unwrap();
         assert!(s.write_file(Path::new("/a/link"), b"x", 0o600, None).is_err());
+        assert!(s.write_file_unsynced(Path::new("/a/link"), b"x", 0o600, None).is_err());
+        s.write_file_unsynced(Path::new("/a/b/f"), b"yz", 0o640, None).unwrap();
+        assert_eq!(s.read(Path::new("/a/b/f")).unwrap(), b"yz");
+        assert_eq!(s.stat(Path::new("/a/b/f")).unwrap().mode, 0o640);
+        assert!(!dir.path().join("a/b/.f.azprov-tmp").exists());
     }
 
     #[test]
@@ -401,6 +523,34 @@ mod tests {
         assert!(out.timed_out);
         let missing = s.run(&Command::new("azprov-no-such-program", &[]));
         assert_eq!(missing.unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn commands_stream_large_io_and_report_status() {
+        let s = RealSystem::new("/");
+        // more than a pipe buffer each way: stdin is fed while stdout is drained
+        let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let out = s.run(&Command::new("cat", &[]).stdin(crate::secret::Secret::new(big.clone()))).unwrap();
+        assert!(out.success());
+        assert_eq!(out.stdout, big);
+        let out = s.run(&Command::new("sh", &["-c", "echo out; echo err >&2; exit 3"])).unwrap();
+        assert_eq!(out.status, Some(3));
+        assert_eq!(out.stdout, b"out\n");
+        assert_eq!(out.stderr_text(), "err");
+        assert!(!out.timed_out);
+        // a child that does not read its stdin
+        let out = s.run(&Command::new("true", &[]).stdin(crate::secret::Secret::new(big))).unwrap();
+        assert!(out.success());
+    }
+
+    #[test]
+    fn a_grandchild_holding_the_pipes_does_not_stall_the_run() {
+        let s = RealSystem::new("/");
+        let t = Instant::now();
+        let out = s.run(&Command::new("sh", &["-c", "sleep 3 & echo started"])).unwrap();
+        assert!(out.success());
+        assert_eq!(out.stdout, b"started\n");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     }
 
     #[test]

@@ -62,6 +62,9 @@ impl System for RecordingSystem {
     fn write_file(&self, path: &Path, data: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
         self.inner.write_file(path, data, mode, owner)
     }
+    fn write_file_unsynced(&self, path: &Path, data: &[u8], mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
+        self.inner.write_file_unsynced(path, data, mode, owner)
+    }
     fn create_dir_all(&self, path: &Path, mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
         self.inner.create_dir_all(path, mode, owner)
     }
