@@ -3,7 +3,10 @@
 
 pub mod host_keys;
 pub mod hostname;
+pub mod nic_names;
+pub mod nics;
 pub mod password;
+pub mod routes;
 pub mod ssh_keys;
 pub mod sshd;
 pub mod sudo;
