@@ -22,7 +22,8 @@ pub const DISABLED_SUFFIX: &str = ".azprov-disabled";
 const GENERATOR: &str = "75-persistent-net-generator.rules";
 /// Where a packaged persistent-net generator lives (Debian/Ubuntu before systemd's `.link` naming, RHEL 6).
 const GENERATOR_DIRS: &[&str] = &["/lib/udev/rules.d", "/usr/lib/udev/rules.d"];
-const MASK_TEXT: &str = "# Disabled by azprov: interface names are pinned by MAC in /etc/systemd/network/10-azprov-*.link\n";
+const MASK_TEXT: &str =
+    "# Disabled by azprov: interface names are pinned by MAC in /etc/systemd/network/10-azprov-*.link\n";
 
 /// A name we can put in a file name and a `.link` file: 1–15 bytes (IFNAMSIZ-1), no `/`, whitespace or `%`.
 pub fn valid_ifname(name: &str) -> bool {
@@ -63,10 +64,11 @@ pub fn link_matches_mac(text: &str, colon_mac: &str) -> bool {
         }
         if let Some((k, v)) = line.split_once('=') {
             let key = k.trim();
-            if in_match && (key == "MACAddress" || key == "PermanentMACAddress") {
-                if v.split_whitespace().any(|m| m.eq_ignore_ascii_case(colon_mac)) {
-                    return true;
-                }
+            if in_match
+                && (key == "MACAddress" || key == "PermanentMACAddress")
+                && v.split_whitespace().any(|m| m.eq_ignore_ascii_case(colon_mac))
+            {
+                return true;
             }
         }
     }
@@ -88,11 +90,12 @@ fn is_mask(sys: &dyn System, path: &Path) -> bool {
 
 /// `<path>.azprov-disabled`, or `.azprov-disabled.N` when an earlier one is in the way.
 fn aside_path(sys: &dyn System, path: &Path) -> Option<PathBuf> {
-    (0..100).map(|n| {
-        let suffix = if n == 0 { DISABLED_SUFFIX.to_string() } else { format!("{DISABLED_SUFFIX}.{n}") };
-        PathBuf::from(format!("{}{suffix}", path.display()))
-    })
-    .find(|p| !sys.exists(p))
+    (0..100)
+        .map(|n| {
+            let suffix = if n == 0 { DISABLED_SUFFIX.to_string() } else { format!("{DISABLED_SUFFIX}.{n}") };
+            PathBuf::from(format!("{}{suffix}", path.display()))
+        })
+        .find(|p| !sys.exists(p))
 }
 
 fn fail(path: &Path, e: impl std::fmt::Display) -> Outcome {
@@ -131,7 +134,11 @@ pub fn pin(sys: &dyn System) -> Outcome {
         Ok(n) => n,
         Err(e) => {
             let why = format!("cannot list {}: {e}", nics::SYS_CLASS_NET);
-            return if changes.is_empty() { Outcome::Skipped(why) } else { Outcome::Done(format!("{}; {why}", changes.join("; "))) };
+            return if changes.is_empty() {
+                Outcome::Skipped(why)
+            } else {
+                Outcome::Done(format!("{}; {why}", changes.join("; ")))
+            };
         }
     };
     let synthetic: Vec<&Nic> =
@@ -241,10 +248,12 @@ mod tests {
         assert!(text.contains("MACAddress=00:0d:3a:04:75:99\nDriver=hv_netvsc\n") && text.contains("Name=eth1\n"));
         assert_eq!(sys.stat(&link_path("eth0")).unwrap().mode, 0o644);
         assert!(sys.commands().is_empty(), "nothing run, nothing renamed");
-        let before = std::fs::metadata(root.join("etc/systemd/network/10-azprov-eth0.link")).unwrap().modified().unwrap();
+        let before =
+            std::fs::metadata(root.join("etc/systemd/network/10-azprov-eth0.link")).unwrap().modified().unwrap();
         let d = done(pin(&sys));
         assert!(d.starts_with("no change") && d.contains("eth0 already pinned"), "{d}");
-        let after = std::fs::metadata(root.join("etc/systemd/network/10-azprov-eth0.link")).unwrap().modified().unwrap();
+        let after =
+            std::fs::metadata(root.join("etc/systemd/network/10-azprov-eth0.link")).unwrap().modified().unwrap();
         assert_eq!(before, after);
     }
 
@@ -271,7 +280,11 @@ mod tests {
         fake_nic(root, "eth0", 2, "00:0d:3a:04:75:98", 0x1003, Some("hv_netvsc"));
         let rules = root.join("etc/udev/rules.d");
         std::fs::create_dir_all(&rules).unwrap();
-        std::fs::write(rules.join("70-persistent-net.rules"), "SUBSYSTEM==\"net\", ATTR{address}==\"00:0d:3a:aa:bb:cc\", NAME=\"eth0\"\n").unwrap();
+        std::fs::write(
+            rules.join("70-persistent-net.rules"),
+            "SUBSYSTEM==\"net\", ATTR{address}==\"00:0d:3a:aa:bb:cc\", NAME=\"eth0\"\n",
+        )
+        .unwrap();
         std::fs::write(rules.join("70-persistent-net.rules.azprov-disabled"), "older\n").unwrap();
         std::fs::write(rules.join("75-persistent-net-generator.rules"), "ACTION==\"add\", GOTO=\"x\"\n").unwrap();
         std::fs::create_dir_all(root.join("lib/udev/rules.d")).unwrap();
@@ -282,7 +295,9 @@ mod tests {
         assert!(d.contains("moved /etc/udev/rules.d/75-persistent-net-generator.rules"), "{d}");
         assert!(d.contains("masked /lib/udev/rules.d/75-persistent-net-generator.rules"), "{d}");
         assert_eq!(std::fs::read_to_string(rules.join("70-persistent-net.rules.azprov-disabled")).unwrap(), "older\n");
-        assert!(std::fs::read_to_string(rules.join("70-persistent-net.rules.azprov-disabled.1")).unwrap().contains("NAME"));
+        assert!(std::fs::read_to_string(rules.join("70-persistent-net.rules.azprov-disabled.1"))
+            .unwrap()
+            .contains("NAME"));
         assert!(!rules.join("70-persistent-net.rules").exists());
         assert!(std::fs::read_to_string(rules.join("75-persistent-net-generator.rules")).unwrap().starts_with('#'));
         assert!(root.join("lib/udev/rules.d/75-persistent-net-generator.rules").exists(), "packaged file untouched");
@@ -303,7 +318,10 @@ mod tests {
             Outcome::Skipped(r) => assert!(r.contains("no synthetic"), "{r}"),
             other => panic!("{other:?}"),
         }
-        assert!(std::fs::symlink_metadata(rules.join("75-persistent-net-generator.rules")).unwrap().file_type().is_symlink());
+        assert!(std::fs::symlink_metadata(rules.join("75-persistent-net-generator.rules"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
         // no sysfs at all (an offline image)
         let empty = tempfile::tempdir().unwrap();
         match pin(&RecordingSystem::new(empty.path())) {

@@ -95,7 +95,9 @@ pub fn primary<'a>(nics: &'a [Nic], mac: &str) -> Result<&'a Nic, String> {
     let candidates: Vec<&Nic> = carrying.iter().copied().filter(|n| !n.is_vf()).collect();
     match candidates.as_slice() {
         [one] => Ok(one),
-        [] if carrying.is_empty() => Err(format!("no network interface has the primary MAC {} (IMDS)", colon_mac(&mac))),
+        [] if carrying.is_empty() => {
+            Err(format!("no network interface has the primary MAC {} (IMDS)", colon_mac(&mac)))
+        }
         [] => Err(format!(
             "only SR-IOV virtual functions ({}) have the primary MAC {}",
             names(&carrying),
@@ -136,8 +138,11 @@ pub(crate) mod tests {
             std::os::unix::fs::symlink("../..", devdir.join("device")).unwrap();
         }
         std::fs::create_dir_all(root.join("sys/class/net")).unwrap();
-        std::os::unix::fs::symlink(format!("../../devices/fake/{name}/net/{name}"), root.join("sys/class/net").join(name))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            format!("../../devices/fake/{name}/net/{name}"),
+            root.join("sys/class/net").join(name),
+        )
+        .unwrap();
     }
 
     fn nic(name: &str, mac: &str, flags: u32, driver: Option<&str>) -> Nic {

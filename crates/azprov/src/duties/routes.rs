@@ -44,7 +44,8 @@ fn mask(prefix_len: u8) -> u32 {
 
 /// Whether `route`'s destination prefix contains `target`.
 pub fn route_contains(route: &Ipv4Route, target: Ipv4Addr) -> bool {
-    route.prefix_len <= 32 && u32::from(route.destination) & mask(route.prefix_len) == u32::from(target) & mask(route.prefix_len)
+    route.prefix_len <= 32
+        && u32::from(route.destination) & mask(route.prefix_len) == u32::from(target) & mask(route.prefix_len)
 }
 
 /// `168.63.129.16/32 via 10.0.0.1 dev eth0 metric 100` (names from `names`, else `if#N`).
@@ -485,7 +486,9 @@ mod tests {
     fn namespaces() -> String {
         ["net", "mnt"]
             .iter()
-            .map(|n| std::fs::read_link(format!("/proc/self/ns/{n}")).map(|p| p.display().to_string()).unwrap_or_default())
+            .map(|n| {
+                std::fs::read_link(format!("/proc/self/ns/{n}")).map(|p| p.display().to_string()).unwrap_or_default()
+            })
             .collect::<Vec<_>>()
             .join(" ")
     }
@@ -505,8 +508,11 @@ mod tests {
     }
 
     fn ip_show(extra: &[&str]) -> String {
-        let out =
-            std::process::Command::new("ip").args(["-4", "route", "show", "table", "main"]).args(extra).output().unwrap();
+        let out = std::process::Command::new("ip")
+            .args(["-4", "route", "show", "table", "main"])
+            .args(extra)
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -568,7 +574,20 @@ mod tests {
         // an existing covering route (DHCP option 121) is left as it is; only IMDS is added
         sh(&["ip", "route", "del", "168.63.129.16/32"]);
         sh(&["ip", "route", "del", "169.254.169.254/32"]);
-        sh(&["ip", "route", "add", "168.63.129.16/32", "via", "10.77.0.1", "dev", "azp0", "proto", "dhcp", "metric", "100"]);
+        sh(&[
+            "ip",
+            "route",
+            "add",
+            "168.63.129.16/32",
+            "via",
+            "10.77.0.1",
+            "dev",
+            "azp0",
+            "proto",
+            "dhcp",
+            "metric",
+            "100",
+        ]);
         match ensure(&sys, Some(MAC0), WS, false) {
             Outcome::Done(d) => {
                 assert!(d.contains("added 169.254.169.254/32") && !d.contains("added 168.63.129.16"), "{d}")

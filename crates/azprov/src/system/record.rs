@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::{
-    CdromStatus, Command, CommandOutput, FileInfo, Ipv4Route, Lock, NewIpv4Route, NextHop, RealSystem, System, RTN_UNICAST,
-    RTPROT_BOOT, RT_TABLE_MAIN,
+    CdromStatus, Command, CommandOutput, FileInfo, Ipv4Route, Lock, NewIpv4Route, NextHop, RealSystem, System,
+    RTN_UNICAST, RTPROT_BOOT, RT_TABLE_MAIN,
 };
 use crate::platform::media::ReadAt;
 
