@@ -117,6 +117,8 @@ pub struct Duties {
     pub sshd: SshdDuty,
     pub sudo: SudoDuty,
     pub host_keys: HostKeysDuty,
+    pub routes: RoutesDuty,
+    pub nic_names: Switch,
 }
 
 impl Default for Duties {
@@ -129,6 +131,8 @@ impl Default for Duties {
             sshd: SshdDuty::default(),
             sudo: SudoDuty::default(),
             host_keys: HostKeysDuty::default(),
+            routes: RoutesDuty::default(),
+            nic_names: Switch { enabled: true },
         }
     }
 }
@@ -225,6 +229,22 @@ pub struct HostKeysDuty {
 impl Default for HostKeysDuty {
     fn default() -> Self {
         HostKeysDuty { enabled: true, report_fingerprint: FingerprintReport::Sha256 }
+    }
+}
+
+/// Host routes to the wireserver and IMDS through the primary NIC (platform.md §9.11).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutesDuty {
+    /// Add `<wireserver>/32` and `169.254.169.254/32` via the primary NIC's gateway when no route covers them.
+    pub enabled: bool,
+    /// Also add a default route via that gateway when the main table has none.
+    pub add_default_route: bool,
+}
+
+impl Default for RoutesDuty {
+    fn default() -> Self {
+        RoutesDuty { enabled: true, add_default_route: true }
     }
 }
 
@@ -418,6 +438,20 @@ mod tests {
         let e =
             from_sources(&[src("c.toml", "[duties.host_keys]\nregenerate = true\n")], &no_env).unwrap_err().to_string();
         assert!(e.contains("c.toml") && e.contains("regenerate"), "{e}");
+    }
+
+    #[test]
+    fn network_duty_sections() {
+        let c = from_sources(&[], &no_env).unwrap();
+        assert!(c.duties.routes.enabled && c.duties.routes.add_default_route && c.duties.nic_names.enabled);
+        let c = from_sources(
+            &[src("a.toml", "[duties.routes]\nadd_default_route = false\n[duties.nic_names]\nenabled = false\n")],
+            &no_env,
+        )
+        .unwrap();
+        assert!(c.duties.routes.enabled && !c.duties.routes.add_default_route && !c.duties.nic_names.enabled);
+        let e = from_sources(&[src("n.toml", "[duties.nic_names]\nrename = true\n")], &no_env).unwrap_err().to_string();
+        assert!(e.contains("n.toml") && e.contains("rename"), "{e}");
     }
 
     #[test]

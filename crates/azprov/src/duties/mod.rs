@@ -4,7 +4,10 @@
 pub mod host_keys;
 pub mod hostname;
 pub mod key_pairs;
+pub mod nic_names;
+pub mod nics;
 pub mod password;
+pub mod routes;
 pub mod ssh_keys;
 pub mod sshd;
 pub mod sudo;

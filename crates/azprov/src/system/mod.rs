@@ -3,10 +3,12 @@
 //! Every path given to a `System` is a path *on the target OS* (`/etc/passwd`); the implementation maps it under
 //! its root (`--root DIR`). Commands are argv vectors with optional secret stdin, never shell strings.
 
+mod netlink;
 pub mod real;
 pub mod record;
 
 use std::io;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -89,6 +91,47 @@ pub enum CdromStatus {
     Unknown(i32),
 }
 
+/// `RTN_UNICAST`: an ordinary gateway or direct route.
+pub const RTN_UNICAST: u8 = 1;
+/// `RT_TABLE_MAIN`.
+pub const RT_TABLE_MAIN: u32 = 254;
+/// `RTPROT_BOOT`: the protocol of the routes azprov adds.
+pub const RTPROT_BOOT: u8 = 3;
+
+/// One next hop of a route: the output interface and the gateway (none for a directly connected route).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextHop {
+    pub oif: u32,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// An IPv4 route from the kernel's routing tables (an `RTM_GETROUTE` dump).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv4Route {
+    /// `0.0.0.0` with `prefix_len` 0 for a default route.
+    pub destination: Ipv4Addr,
+    pub prefix_len: u8,
+    /// `RTN_*`: [`RTN_UNICAST`], or blackhole (6), unreachable (7), prohibit (8), throw (9), local (2)…
+    pub kind: u8,
+    pub table: u32,
+    /// `RTPROT_*`: kernel (2), boot (3), static (4), dhcp (16)…
+    pub protocol: u8,
+    /// `RTA_PRIORITY` (the metric); 0 when absent.
+    pub metric: u32,
+    /// One entry for an ordinary route, several for a multipath route, none for blackhole/unreachable routes.
+    pub hops: Vec<NextHop>,
+}
+
+/// A route to add: `destination/prefix_len via gateway dev oif`, main table, protocol `boot`, scope universe,
+/// no metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewIpv4Route {
+    pub destination: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    pub oif: u32,
+}
+
 /// A held lock; released on drop.
 pub trait Lock: Send {}
 
@@ -134,6 +177,17 @@ pub trait System: Send + Sync {
     fn set_mode(&self, path: &Path, mode: u32) -> io::Result<()>;
     /// Remove a file; a missing file is not an error.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// `rename(2)` between two target paths (moves a symlink itself, not what it points to).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// `readlink(2)`: a symlink's target as stored (not mapped under the root).
+    fn read_link(&self, path: &Path) -> io::Result<PathBuf>;
+
+    /// Every IPv4 route of every table (netlink `RTM_GETROUTE` dump). Live only: under a root the kernel's
+    /// tables are not the target's, so this is `ErrorKind::Unsupported`.
+    fn ipv4_routes(&self) -> io::Result<Vec<Ipv4Route>>;
+    /// Add a route over netlink (`RTM_NEWROUTE`, create-exclusive). Live only (`Unsupported` under a root);
+    /// `ErrorKind::AlreadyExists` when the kernel already has that route.
+    fn add_ipv4_route(&self, route: &NewIpv4Route) -> io::Result<()>;
 
     /// Run a host program. A program that is not installed gives `ErrorKind::NotFound`.
     fn run(&self, cmd: &Command) -> io::Result<CommandOutput>;

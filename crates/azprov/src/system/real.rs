@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use super::{CdromStatus, Command, CommandOutput, FileInfo, Lock, System};
+use super::{CdromStatus, Command, CommandOutput, FileInfo, Ipv4Route, Lock, NewIpv4Route, System};
 use crate::platform::media::ReadAt;
 
 pub struct RealSystem {
@@ -374,6 +374,28 @@ impl System for RealSystem {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             r => r,
         }
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(self.host_path(from), self.host_path(to))
+    }
+
+    fn read_link(&self, path: &Path) -> io::Result<PathBuf> {
+        fs::read_link(self.host_path(path))
+    }
+
+    fn ipv4_routes(&self) -> io::Result<Vec<Ipv4Route>> {
+        if !self.is_live() {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "routes are kernel state of the running system"));
+        }
+        super::netlink::ipv4_routes()
+    }
+
+    fn add_ipv4_route(&self, route: &NewIpv4Route) -> io::Result<()> {
+        if !self.is_live() {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "routes are kernel state of the running system"));
+        }
+        super::netlink::add_ipv4_route(route)
     }
 
     fn run(&self, cmd: &Command) -> io::Result<CommandOutput> {

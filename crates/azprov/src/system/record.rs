@@ -6,7 +6,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::{CdromStatus, Command, CommandOutput, FileInfo, Lock, RealSystem, System};
+use super::{
+    CdromStatus, Command, CommandOutput, FileInfo, Ipv4Route, Lock, NewIpv4Route, NextHop, RealSystem, System,
+    RTN_UNICAST, RTPROT_BOOT, RT_TABLE_MAIN,
+};
 use crate::platform::media::ReadAt;
 
 pub struct RecordingSystem {
@@ -14,6 +17,9 @@ pub struct RecordingSystem {
     commands: Mutex<Vec<Command>>,
     scripted: Mutex<HashMap<String, CommandOutput>>,
     missing: Mutex<Vec<String>>,
+    /// A scripted kernel routing table (`None`: ask the inner system, which refuses under a root).
+    routes: Mutex<Option<Vec<Ipv4Route>>>,
+    added_routes: Mutex<Vec<NewIpv4Route>>,
 }
 
 impl RecordingSystem {
@@ -23,6 +29,8 @@ impl RecordingSystem {
             commands: Mutex::new(Vec::new()),
             scripted: Mutex::new(HashMap::new()),
             missing: Mutex::new(Vec::new()),
+            routes: Mutex::new(None),
+            added_routes: Mutex::new(Vec::new()),
         }
     }
     /// Answer `program` with `output` instead of running it.
@@ -36,6 +44,17 @@ impl RecordingSystem {
         if let Ok(mut m) = self.missing.lock() {
             m.push(program.to_string());
         }
+    }
+    /// Stand in for the kernel's routing tables: `ipv4_routes` answers this table and `add_ipv4_route` adds to it
+    /// (refusing a duplicate like the kernel) instead of touching any kernel.
+    pub fn set_routes(&self, routes: Vec<Ipv4Route>) {
+        if let Ok(mut r) = self.routes.lock() {
+            *r = Some(routes);
+        }
+    }
+    /// Routes added through `add_ipv4_route` so far.
+    pub fn added_routes(&self) -> Vec<NewIpv4Route> {
+        self.added_routes.lock().map(|a| a.clone()).unwrap_or_default()
     }
     /// Commands run so far.
     pub fn commands(&self) -> Vec<Command> {
@@ -76,6 +95,45 @@ impl System for RecordingSystem {
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         self.inner.remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn read_link(&self, path: &Path) -> io::Result<PathBuf> {
+        self.inner.read_link(path)
+    }
+    fn ipv4_routes(&self) -> io::Result<Vec<Ipv4Route>> {
+        let scripted = self.routes.lock().map_err(|_| io::Error::other("poisoned"))?.clone();
+        match scripted {
+            Some(table) => Ok(table),
+            None => self.inner.ipv4_routes(),
+        }
+    }
+    fn add_ipv4_route(&self, route: &NewIpv4Route) -> io::Result<()> {
+        let mut guard = self.routes.lock().map_err(|_| io::Error::other("poisoned"))?;
+        let Some(table) = guard.as_mut() else { return self.inner.add_ipv4_route(route) };
+        let dup = table.iter().any(|r| {
+            r.table == RT_TABLE_MAIN
+                && r.destination == route.destination
+                && r.prefix_len == route.prefix_len
+                && r.metric == 0
+        });
+        if dup {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        table.push(Ipv4Route {
+            destination: route.destination,
+            prefix_len: route.prefix_len,
+            kind: RTN_UNICAST,
+            table: RT_TABLE_MAIN,
+            protocol: RTPROT_BOOT,
+            metric: 0,
+            hops: vec![NextHop { oif: route.oif, gateway: Some(route.gateway) }],
+        });
+        if let Ok(mut a) = self.added_routes.lock() {
+            a.push(*route);
+        }
+        Ok(())
     }
     fn run(&self, cmd: &Command) -> io::Result<CommandOutput> {
         if let Ok(mut c) = self.commands.lock() {
