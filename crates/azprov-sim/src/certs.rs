@@ -624,3 +624,138 @@ fn self_signed(key: &rsa::PrivateKey, cn: &str) -> Result<Vec<u8>, String> {
     let cert = builder.build::<_, rsa::pkcs1v15::Signature>(&signer).map_err(|e| err("signing", &e))?;
     cert.to_der().map_err(|e| err("encoding", &e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn have_openssl() -> bool {
+        let ok = Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success());
+        if !ok {
+            eprintln!("skipping the openssl cross-check: openssl is not installed");
+        }
+        ok
+    }
+
+    fn openssl(dir: &std::path::Path, args: &[&str]) -> Vec<u8> {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    }
+
+    #[test]
+    fn pkcs12_kdf_matches_rfc7292_reference() {
+        // OpenSSL / Bouncy Castle known answer: password "smeg" (BMPString), salt 0A58CF64530D823F, 1 iteration.
+        let bmp: Vec<u8> = "smeg\0".encode_utf16().flat_map(|u| u.to_be_bytes()).collect();
+        let salt = [0x0A, 0x58, 0xCF, 0x64, 0x53, 0x0D, 0x82, 0x3F];
+        assert_eq!(hex_upper(&pkcs12_kdf(&bmp, &salt, 1, 1, 24)), "8AAAE6297B6CB04642AB5B077851284EB7128F1A2A7FBCA3");
+        assert_eq!(hex_upper(&pkcs12_kdf(&bmp, &salt, 2, 1, 8)), "79993DFE048D3B76");
+    }
+
+    #[test]
+    fn tlv_writer() {
+        assert_eq!(uint(0), [2, 1, 0]);
+        assert_eq!(uint(0x80), [2, 2, 0, 0x80]);
+        assert_eq!(uint(2000), [2, 2, 0x07, 0xD0]);
+        assert_eq!(tlv::tlv(4, &[7; 200])[..3], [4, 0x81, 200]);
+        assert_eq!(tlv::tlv(4, &[7; 300])[..4], [4, 0x82, 1, 44]);
+        assert_eq!(set(&[vec![2, 1, 5], vec![2, 1, 3]]), [0x31, 6, 2, 1, 3, 2, 1, 5]);
+    }
+
+    #[test]
+    fn generated_cert_and_validation() {
+        let c = SimCert::generate_rsa("kp").unwrap();
+        assert!(c.cert_pem.starts_with("-----BEGIN CERTIFICATE-----\n"));
+        assert!(c.key_pem.as_deref().unwrap().starts_with("-----BEGIN PRIVATE KEY-----\n"));
+        assert_eq!(c.thumbprint().unwrap(), hex_upper(&Sha1::digest(c.cert_der().unwrap())));
+        assert!(c.ssh_public_key().unwrap().unwrap().starts_with("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ"));
+        // The generated certificate can be a transport certificate (it has an SKI).
+        assert_eq!(Recipient::from_der(&c.cert_der().unwrap()).unwrap().ski.len(), 20);
+        c.validate().unwrap();
+        let p = c.clone().public_key();
+        assert!(p.key_pem.is_none() && p.ovf_public_key && !p.ovf_key_pair);
+        let k = c.clone().key_pair();
+        assert!(k.key_pem.is_some() && k.ovf_key_pair);
+        let bad = SimCert { key_pem: None, ..k.clone() };
+        assert!(bad.validate().unwrap_err().contains("key_pem"));
+        let bad = SimCert { cert_pem: c.key_pem.clone().unwrap(), ..k.clone() };
+        assert!(bad.validate().unwrap_err().contains("CERTIFICATE"));
+        let bad = SimCert { key_pem: Some(c.cert_pem.clone()), ..k };
+        assert!(bad.validate().unwrap_err().contains("PRIVATE KEY"));
+        assert!(Recipient::from_header("not base64!").is_err());
+        assert!(Recipient::from_header("MIIBszCCAVmgAwIBAgIUQUJD").is_err());
+    }
+
+    #[test]
+    fn certificate_file_without_certificates_has_no_data() {
+        let t = SimCert::generate_rsa("LinuxTransport").unwrap();
+        let r = Recipient::from_der(&t.cert_der().unwrap()).unwrap();
+        let xml = certificate_file_xml(&[], 4, &r, KeyTransport::Oaep, ContentCipher::Aes128Cbc).unwrap();
+        assert!(xml.contains("<Incarnation>4</Incarnation>") && xml.contains(FORMAT_PFX), "{xml}");
+        assert!(!xml.contains("<Data>"));
+    }
+
+    /// openssl decrypts the envelope with the transport key (every cipher, both paddings) and reads the PFX with
+    /// the empty password, verifying its MAC; the certificates and the key are the ones put in.
+    #[test]
+    fn openssl_opens_the_envelope_and_the_pfx() {
+        if !have_openssl() {
+            return;
+        }
+        let transport = SimCert::generate_rsa("LinuxTransport").unwrap();
+        let pair = SimCert::generate_rsa("pair").unwrap().key_pair();
+        let public = SimCert::generate_rsa("public").unwrap().public_key();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("t.crt"), &transport.cert_pem).unwrap();
+        std::fs::write(d.join("t.key"), transport.key_pem.as_deref().unwrap()).unwrap();
+        let recipient = Recipient::from_der(&transport.cert_der().unwrap()).unwrap();
+        let certs = [pair.clone(), public.clone()];
+        for kt in [KeyTransport::Oaep, KeyTransport::Pkcs1v15] {
+            for cipher in [ContentCipher::Aes128Cbc, ContentCipher::DesEde3Cbc, ContentCipher::Aes256Cbc] {
+                let xml = certificate_file_xml(&certs, 1, &recipient, kt, cipher).unwrap();
+                let data: String = xml
+                    .split("<Data>")
+                    .nth(1)
+                    .unwrap()
+                    .split("</Data>")
+                    .next()
+                    .unwrap()
+                    .chars()
+                    .filter(|c| !c.is_whitespace())
+                    .collect();
+                let blob = base64::engine::general_purpose::STANDARD.decode(data).unwrap();
+                std::fs::write(d.join("env.der"), &blob).unwrap();
+                let parsed = String::from_utf8(openssl(d, &["cms", "-cmsout", "-print", "-inform", "DER", "-in", "env.der"]))
+                    .unwrap();
+                let want_alg = if kt == KeyTransport::Oaep { "rsaesOaep" } else { "rsaEncryption" };
+                assert!(parsed.contains(want_alg), "{parsed}");
+                assert!(parsed.contains("subjectKeyIdentifier"), "{parsed}");
+                openssl(
+                    d,
+                    &["cms", "-decrypt", "-binary", "-inform", "DER", "-in", "env.der", "-inkey", "t.key", "-recip", "t.crt", "-out", "p.pfx"],
+                );
+                // -info verifies the MAC; the legacy provider may be needed for 3DES PBE on OpenSSL 3.
+                let mut args = vec!["pkcs12", "-in", "p.pfx", "-passin", "pass:", "-nodes", "-info"];
+                let legacy = Command::new("openssl").args(["list", "-providers", "-provider", "legacy"]).output();
+                if legacy.is_ok_and(|o| o.status.success()) {
+                    args.extend_from_slice(&["-legacy"]);
+                }
+                let out = Command::new("openssl").args(&args).current_dir(d).output().unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+                assert!(out.status.success(), "{kt:?} {cipher:?}: {text}");
+                assert!(text.contains("MAC: sha1, Iteration 2000"), "{text}");
+                assert!(text.contains("Shrouded Keybag: pbeWithSHA1And3-KeyTripleDES-CBC, Iteration 2000"), "{text}");
+                assert_eq!(text.matches("-----BEGIN CERTIFICATE-----").count(), 2, "{text}");
+                assert_eq!(text.matches("-----BEGIN PRIVATE KEY-----").count(), 1, "{text}");
+                assert!(text.contains("subject=CN = pair") && text.contains("subject=CN = public"), "{text}");
+                assert!(text.contains("localKeyID: 01 00 00 00"), "{text}");
+                // The key in the PFX is the pair's key.
+                let key_start = text.find("-----BEGIN PRIVATE KEY-----").unwrap();
+                let key_end = text.find("-----END PRIVATE KEY-----").unwrap() + "-----END PRIVATE KEY-----\n".len();
+                assert_eq!(&text[key_start..key_end], pair.key_pem.as_deref().unwrap());
+            }
+        }
+    }
+}

@@ -150,4 +150,28 @@ mod tests {
         let xml = ovf_env_xml(&vm);
         assert!(xml.contains("<UserPassword> p&amp;ss&apos;&quot;word </UserPassword>"));
     }
+
+    #[test]
+    fn certificates_are_listed_by_fingerprint() {
+        use crate::certs::SimCert;
+        let pair = SimCert::generate_rsa("pair").unwrap();
+        let public = SimCert { ovf_path: Some("/home/azureuser/.ssh/other_keys".into()), ..pair.clone().public_key() };
+        let hidden = SimCert { ovf_public_key: false, ..public.clone() };
+        let vm = VmDefinition { certificates: vec![pair.clone().key_pair(), public, hidden], ..Default::default() };
+        let xml = ovf_env_xml(&vm);
+        let fp = pair.thumbprint().unwrap();
+        assert_eq!(fp.len(), 40);
+        let want_public = format!(
+            "<PublicKey>\n            <Fingerprint>{fp}</Fingerprint>\n            \
+             <Path>/home/azureuser/.ssh/other_keys</Path>\n            <Value></Value>\n          </PublicKey>"
+        );
+        assert!(xml.contains(&want_public), "{xml}");
+        let want_pair = format!(
+            "<KeyPairs>\n          <KeyPair>\n            <Fingerprint>{fp}</Fingerprint>\n            \
+             <Path>/home/azureuser/.ssh/id_rsa</Path>\n          </KeyPair>\n        </KeyPairs>\n      </SSH>"
+        );
+        assert!(xml.contains(&want_pair), "{xml}");
+        assert_eq!(xml.matches("<Fingerprint>").count(), 2, "{xml}");
+        assert!(!ovf_env_xml(&VmDefinition::default()).contains("KeyPairs"));
+    }
 }

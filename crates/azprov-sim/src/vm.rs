@@ -221,4 +221,20 @@ mod tests {
     fn vm_name_comes_from_role_instance() {
         assert_eq!(VmDefinition::default().vm_name(), "azprov-demo");
     }
+
+    #[test]
+    fn certificates_round_trip_and_are_validated() {
+        let cert = crate::certs::SimCert::generate_rsa("kp").unwrap().key_pair();
+        let vm = VmDefinition {
+            certificates: vec![cert.clone(), cert.clone().public_key()],
+            cert_key_transport: KeyTransport::Pkcs1v15,
+            ..Default::default()
+        };
+        let text = vm.to_toml().unwrap();
+        assert!(text.contains("cert_key_transport = \"pkcs1v15\""), "{text}");
+        assert_eq!(VmDefinition::from_toml(&text).unwrap(), vm);
+        assert_eq!(VmDefinition::from_toml("").unwrap().cert_key_transport, KeyTransport::Oaep);
+        let bad = VmDefinition { certificates: vec![crate::certs::SimCert { key_pem: None, ..cert }], ..vm };
+        assert!(bad.validate().unwrap_err().starts_with("certificates[0]: "));
+    }
 }
