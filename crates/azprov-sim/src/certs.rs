@@ -502,8 +502,7 @@ pub fn pfx(certs: &[SimCert]) -> Result<Vec<u8>, String> {
         h.update(&auth_safe);
         h.finalize().into_bytes().to_vec()
     };
-    let mac_data =
-        seq(&[seq(&[alg(&oid::SHA1, Some(null())), octets(&mac)]), octets(&mac_salt), uint(PFX_ITERATIONS)]);
+    let mac_data = seq(&[seq(&[alg(&oid::SHA1, Some(null())), octets(&mac)]), octets(&mac_salt), uint(PFX_ITERATIONS)]);
     Ok(seq(&[uint(3), data_content_info(&auth_safe), mac_data]))
 }
 
@@ -527,10 +526,9 @@ pub fn envelope(
             alg(&oid::RSAES_OAEP, Some(seq(&[]))),
             recipient.key.encrypt(&mut OsRng, rsa::Oaep::<Sha1>::new(), &cek),
         ),
-        KeyTransport::Pkcs1v15 => (
-            alg(&oid::RSA_ENCRYPTION, Some(null())),
-            recipient.key.encrypt(&mut OsRng, rsa::Pkcs1v15Encrypt, &cek),
-        ),
+        KeyTransport::Pkcs1v15 => {
+            (alg(&oid::RSA_ENCRYPTION, Some(null())), recipient.key.encrypt(&mut OsRng, rsa::Pkcs1v15Encrypt, &cek))
+        }
     };
     let encrypted_key = encrypted_key.map_err(|e| format!("RSA encryption: {e}"))?;
     let ktri = seq(&[uint(2), implicit(0, &recipient.ski), key_alg, octets(&encrypted_key)]);
@@ -619,8 +617,8 @@ fn self_signed(key: &rsa::PrivateKey, cn: &str) -> Result<Vec<u8>, String> {
     let spki_der = key.to_public_key().to_public_key_der().map_err(|e| err("public key", &e))?;
     let spki = spki::SubjectPublicKeyInfoOwned::from_der(spki_der.as_bytes()).map_err(|e| err("public key", &e))?;
     let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(key.clone());
-    let builder = CertificateBuilder::new(SelfSigned { subject }, serial, validity, spki)
-        .map_err(|e| err("builder", &e))?;
+    let builder =
+        CertificateBuilder::new(SelfSigned { subject }, serial, validity, spki).map_err(|e| err("builder", &e))?;
     let cert = builder.build::<_, rsa::pkcs1v15::Signature>(&signer).map_err(|e| err("signing", &e))?;
     cert.to_der().map_err(|e| err("encoding", &e))
 }
@@ -727,14 +725,18 @@ mod tests {
                     .collect();
                 let blob = base64::engine::general_purpose::STANDARD.decode(data).unwrap();
                 std::fs::write(d.join("env.der"), &blob).unwrap();
-                let parsed = String::from_utf8(openssl(d, &["cms", "-cmsout", "-print", "-inform", "DER", "-in", "env.der"]))
-                    .unwrap();
+                let parsed =
+                    String::from_utf8(openssl(d, &["cms", "-cmsout", "-print", "-inform", "DER", "-in", "env.der"]))
+                        .unwrap();
                 let want_alg = if kt == KeyTransport::Oaep { "rsaesOaep" } else { "rsaEncryption" };
                 assert!(parsed.contains(want_alg), "{parsed}");
                 assert!(parsed.contains("subjectKeyIdentifier"), "{parsed}");
                 openssl(
                     d,
-                    &["cms", "-decrypt", "-binary", "-inform", "DER", "-in", "env.der", "-inkey", "t.key", "-recip", "t.crt", "-out", "p.pfx"],
+                    &[
+                        "cms", "-decrypt", "-binary", "-inform", "DER", "-in", "env.der", "-inkey", "t.key", "-recip",
+                        "t.crt", "-out", "p.pfx",
+                    ],
                 );
                 // -info verifies the MAC; the legacy provider may be needed for 3DES PBE on OpenSSL 3.
                 let mut args = vec!["pkcs12", "-in", "p.pfx", "-passin", "pass:", "-nodes", "-info"];

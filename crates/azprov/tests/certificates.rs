@@ -51,12 +51,14 @@ struct Vm {
     transport: TransportCert,
 }
 
-fn vm_certs() -> Vm {
-    Vm {
+/// Generated once for all tests (RSA key generation is the slow part).
+fn vm_certs() -> &'static Vm {
+    static VM: std::sync::OnceLock<Vm> = std::sync::OnceLock::new();
+    VM.get_or_init(|| Vm {
         pair: SimCert::generate_rsa("keypair").unwrap().key_pair(),
         public: SimCert::generate_rsa("sshkey").unwrap().public_key(),
         transport: TransportCert::generate().unwrap(),
-    }
+    })
 }
 
 fn start(v: &Vm, transport: KeyTransport, faults: Faults) -> Simulator {
@@ -79,10 +81,9 @@ fn check(v: &Vm, certs: &[CertEntry]) {
     let mut want = vec![(v.pair.thumbprint().unwrap(), true), (v.public.thumbprint().unwrap(), false)];
     want.sort();
     assert_eq!(got, want);
-    for (c, sim) in [(&v.pair, true), (&v.public, false)].map(|(s, k)| {
-        (certs.iter().find(|c| c.thumbprint == s.thumbprint().unwrap()).unwrap(), (s, k).0)
-    }) {
-        assert_eq!(c.public_key_openssh, sim.ssh_public_key().unwrap());
+    for sim_cert in [&v.pair, &v.public] {
+        let c = certs.iter().find(|c| c.thumbprint == sim_cert.thumbprint().unwrap()).unwrap();
+        assert_eq!(c.public_key_openssh, sim_cert.ssh_public_key().unwrap());
     }
     // The key pair's private key comes back as it went in (PKCS#8 PEM).
     let kp = certs.iter().find(|c| c.private_key_pem.is_some()).unwrap();
@@ -93,18 +94,18 @@ fn check(v: &Vm, certs: &[CertEntry]) {
 fn agent_decrypts_simulator_certificates_every_cipher_and_padding() {
     let v = vm_certs();
     for transport in [KeyTransport::Oaep, KeyTransport::Pkcs1v15] {
-        let sim = start(&v, transport, Faults::none());
+        let sim = start(v, transport, Faults::none());
         let g = goal(&sim);
         // The agent's own sequence (AES128_CBC first).
         let certs = certificates_for(&client(), &cfg(&sim.url()), &SystemClock, &g, &v.transport).unwrap();
-        check(&v, &certs);
+        check(v, &certs);
         // Each cipher explicitly.
         for cipher in [CertCipher::Aes128Cbc, CertCipher::DesEde3Cbc] {
-            let body = fetch_certificates_with(&client(), &cfg(&sim.url()), &SystemClock, &g, &v.transport, cipher)
-                .unwrap();
+            let body =
+                fetch_certificates_with(&client(), &cfg(&sim.url()), &SystemClock, &g, &v.transport, cipher).unwrap();
             let text = String::from_utf8_lossy(&body);
             assert!(text.contains("<Format>Pkcs7BlobWithPfxContents</Format>") && text.contains("<Data>"), "{text}");
-            check(&v, &decrypt_certificates(&body, v.transport.key()).unwrap());
+            check(v, &decrypt_certificates(&body, v.transport.key()).unwrap());
         }
         let reqs = sim.requests();
         let certs_reqs: Vec<_> = reqs.iter().filter(|r| r.endpoint == "certificates").collect();
@@ -116,11 +117,12 @@ fn agent_decrypts_simulator_certificates_every_cipher_and_padding() {
 #[test]
 fn aes_refused_falls_back_to_des() {
     let v = vm_certs();
-    let faults = Faults { certificates: vec![FaultStep::Status { code: 400, body: None, retry_after: None }], ..Faults::none() };
-    let sim = start(&v, KeyTransport::Oaep, faults);
+    let faults =
+        Faults { certificates: vec![FaultStep::Status { code: 400, body: None, retry_after: None }], ..Faults::none() };
+    let sim = start(v, KeyTransport::Oaep, faults);
     let g = goal(&sim);
     let certs = certificates_for(&client(), &cfg(&sim.url()), &SystemClock, &g, &v.transport).unwrap();
-    check(&v, &certs);
+    check(v, &certs);
     let statuses: Vec<Option<u16>> =
         sim.requests().iter().filter(|r| r.endpoint == "certificates").map(|r| r.status).collect();
     assert_eq!(statuses, [Some(400), Some(200)]);
@@ -129,7 +131,7 @@ fn aes_refused_falls_back_to_des() {
 #[test]
 fn another_transport_key_cannot_decrypt() {
     let v = vm_certs();
-    let sim = start(&v, KeyTransport::Pkcs1v15, Faults::none());
+    let sim = start(v, KeyTransport::Pkcs1v15, Faults::none());
     let g = goal(&sim);
     let body =
         fetch_certificates_with(&client(), &cfg(&sim.url()), &SystemClock, &g, &v.transport, CertCipher::Aes128Cbc)
@@ -225,13 +227,17 @@ fn inspect_with_another_key_fails() {
     // A key that does not belong to the certificate is refused before decrypting.
     let out = inspect(&xml, &tmp.path().join("k.pem"), &dir.join("TransportCert.pem"));
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("does not belong"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not belong"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn inspect_simulator_answer() {
     let v = vm_certs();
-    let sim = start(&v, KeyTransport::Oaep, Faults::none());
+    let sim = start(v, KeyTransport::Oaep, Faults::none());
     let g = goal(&sim);
     let body =
         fetch_certificates_with(&client(), &cfg(&sim.url()), &SystemClock, &g, &v.transport, CertCipher::DesEde3Cbc)
