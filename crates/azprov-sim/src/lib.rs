@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod certs;
 pub mod demo;
 pub mod dvd;
 pub mod faults;
@@ -12,6 +13,7 @@ pub mod sandbox;
 pub mod server;
 pub mod vm;
 
+pub use certs::{KeyTransport, SimCert};
 pub use faults::{FaultStep, Faults};
 pub use server::{HealthReport, RequestRecord, Simulator};
 pub use vm::VmDefinition;

@@ -50,7 +50,31 @@ pub fn ovf_env_xml(vm: &VmDefinition) -> String {
         x.push_str(&format!("            <Value>{}</Value>\n", e(key)));
         x.push_str("          </PublicKey>\n");
     }
-    x.push_str("        </PublicKeys>\n      </SSH>\n");
+    // Certificates from `comp=certificates`, named by thumbprint (invalid PEMs are skipped: `validate` reports them).
+    for cert in vm.certificates.iter().filter(|c| c.ovf_public_key) {
+        let Ok(fp) = cert.thumbprint() else { continue };
+        let path = cert.ovf_path.clone().unwrap_or_else(|| key_path.clone());
+        x.push_str("          <PublicKey>\n");
+        x.push_str(&format!("            <Fingerprint>{fp}</Fingerprint>\n"));
+        x.push_str(&format!("            <Path>{}</Path>\n", e(&path)));
+        x.push_str("            <Value></Value>\n");
+        x.push_str("          </PublicKey>\n");
+    }
+    x.push_str("        </PublicKeys>\n");
+    let pairs: Vec<_> = vm.certificates.iter().filter(|c| c.ovf_key_pair).collect();
+    if !pairs.is_empty() {
+        x.push_str("        <KeyPairs>\n");
+        for cert in pairs {
+            let Ok(fp) = cert.thumbprint() else { continue };
+            let path = cert.ovf_path.clone().unwrap_or_else(|| format!("/home/{}/.ssh/id_rsa", vm.username));
+            x.push_str("          <KeyPair>\n");
+            x.push_str(&format!("            <Fingerprint>{fp}</Fingerprint>\n"));
+            x.push_str(&format!("            <Path>{}</Path>\n", e(&path)));
+            x.push_str("          </KeyPair>\n");
+        }
+        x.push_str("        </KeyPairs>\n");
+    }
+    x.push_str("      </SSH>\n");
     if let Some(custom_data) = &vm.custom_data {
         let b64 = base64::engine::general_purpose::STANDARD.encode(custom_data.as_bytes());
         x.push_str(&format!("      <CustomData>{b64}</CustomData>\n"));
@@ -125,5 +149,29 @@ mod tests {
         let vm = VmDefinition { password: Some(" p&ss'\"word ".into()), ..Default::default() };
         let xml = ovf_env_xml(&vm);
         assert!(xml.contains("<UserPassword> p&amp;ss&apos;&quot;word </UserPassword>"));
+    }
+
+    #[test]
+    fn certificates_are_listed_by_fingerprint() {
+        use crate::certs::SimCert;
+        let pair = SimCert::generate_rsa("pair").unwrap();
+        let public = SimCert { ovf_path: Some("/home/azureuser/.ssh/other_keys".into()), ..pair.clone().public_key() };
+        let hidden = SimCert { ovf_public_key: false, ..public.clone() };
+        let vm = VmDefinition { certificates: vec![pair.clone().key_pair(), public, hidden], ..Default::default() };
+        let xml = ovf_env_xml(&vm);
+        let fp = pair.thumbprint().unwrap();
+        assert_eq!(fp.len(), 40);
+        let want_public = format!(
+            "<PublicKey>\n            <Fingerprint>{fp}</Fingerprint>\n            \
+             <Path>/home/azureuser/.ssh/other_keys</Path>\n            <Value></Value>\n          </PublicKey>"
+        );
+        assert!(xml.contains(&want_public), "{xml}");
+        let want_pair = format!(
+            "<KeyPairs>\n          <KeyPair>\n            <Fingerprint>{fp}</Fingerprint>\n            \
+             <Path>/home/azureuser/.ssh/id_rsa</Path>\n          </KeyPair>\n        </KeyPairs>\n      </SSH>"
+        );
+        assert!(xml.contains(&want_pair), "{xml}");
+        assert_eq!(xml.matches("<Fingerprint>").count(), 2, "{xml}");
+        assert!(!ovf_env_xml(&VmDefinition::default()).contains("KeyPairs"));
     }
 }

@@ -1030,25 +1030,32 @@ fn certificates(shared: &Shared, req: &Request) -> Outcome {
     if let Err(why) = wire_headers(req) {
         return reject(e, 400, why);
     }
-    let cert = req.header("x-ms-guest-agent-public-x509-cert").unwrap_or("");
-    if cert.is_empty() || base64::engine::general_purpose::STANDARD.decode(cert).is_err() {
-        return reject(e, 400, "missing or non-base64 x-ms-guest-agent-public-x509-cert header");
+    let Some(cert) = req.header("x-ms-guest-agent-public-x509-cert").filter(|c| !c.trim().is_empty()) else {
+        return reject(e, 400, "missing x-ms-guest-agent-public-x509-cert header");
+    };
+    let recipient = match crate::certs::Recipient::from_header(cert) {
+        Ok(r) => r,
+        Err(why) => return reject(e, 400, why),
+    };
+    // Without the header the platform "currently defaults to AES128_CBC" (WALinuxAgent).
+    let cipher = match req.header("x-ms-cipher-name") {
+        None => crate::certs::ContentCipher::Aes128Cbc,
+        Some(c) => match crate::certs::ContentCipher::from_header(c) {
+            Some(cipher) => cipher,
+            None => return reject(e, 400, format!("unsupported x-ms-cipher-name {c:?}")),
+        },
+    };
+    let vm = shared.lock().vm.clone();
+    match crate::certs::certificate_file_xml(
+        &vm.certificates,
+        vm.incarnation,
+        &recipient,
+        vm.cert_key_transport,
+        cipher,
+    ) {
+        Ok(body) => Outcome::ok(Response::new(200, XML, body)),
+        Err(why) => reject(e, 500, format!("cannot build the certificates answer: {why}")),
     }
-    if let Some(c) = req.header("x-ms-cipher-name") {
-        if !["DES_EDE3_CBC", "AES128_CBC", "AES256_CBC"].contains(&c) {
-            return reject(e, 400, format!("unsupported x-ms-cipher-name {c:?}"));
-        }
-    }
-    let n = shared.lock().vm.incarnation;
-    // The simulated VM has no certificates: a CertificateFile without Data.
-    Outcome::ok(Response::new(
-        200,
-        XML,
-        format!(
-            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<CertificateFile><Version>{WIRESERVER_VERSION}</Version>\
-             <Incarnation>{n}</Incarnation><Format>Pkcs7BlobWithPfxContents</Format></CertificateFile>\n"
-        ),
-    ))
 }
 
 fn xml_health(shared: &Shared, req: &Request) -> Outcome {

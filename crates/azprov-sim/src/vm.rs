@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::certs::{KeyTransport, SimCert};
+
 /// Everything the platform knows about one VM. Missing TOML keys take the values of [`VmDefinition::default`], except
 /// the optional ones (`password`, `custom_data`, `user_data`): absent means none, so that TOML can express "none".
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -43,6 +45,11 @@ pub struct VmDefinition {
     pub private_ip: String,
     /// `None`, `Running`, `Savable` or `PreprovisionedOSDisk`.
     pub pps_type: String,
+    /// How `comp=certificates` encrypts the content key to the transport certificate: `oaep` (the platform today)
+    /// or `pkcs1v15`.
+    pub cert_key_transport: KeyTransport,
+    /// Certificates served by `comp=certificates` (PFX in CMS); each one's flags say how the OVF refers to it.
+    pub certificates: Vec<SimCert>,
 }
 
 const DEMO_KEY: &str =
@@ -70,6 +77,8 @@ impl Default for VmDefinition {
             mac_address: "6045BDA1B2C3".into(),
             private_ip: "10.0.0.4".into(),
             pps_type: "None".into(),
+            cert_key_transport: KeyTransport::Oaep,
+            certificates: Vec::new(),
         }
     }
 }
@@ -98,6 +107,9 @@ impl VmDefinition {
         }
         if self.private_ip.parse::<std::net::Ipv4Addr>().is_err() {
             return Err(format!("private_ip: not an IPv4 address: {:?}", self.private_ip));
+        }
+        for (i, cert) in self.certificates.iter().enumerate() {
+            cert.validate().map_err(|e| format!("certificates[{i}]: {e}"))?;
         }
         Ok(())
     }
@@ -208,5 +220,21 @@ mod tests {
     #[test]
     fn vm_name_comes_from_role_instance() {
         assert_eq!(VmDefinition::default().vm_name(), "azprov-demo");
+    }
+
+    #[test]
+    fn certificates_round_trip_and_are_validated() {
+        let cert = crate::certs::SimCert::generate_rsa("kp").unwrap().key_pair();
+        let vm = VmDefinition {
+            certificates: vec![cert.clone(), cert.clone().public_key()],
+            cert_key_transport: KeyTransport::Pkcs1v15,
+            ..Default::default()
+        };
+        let text = vm.to_toml().unwrap();
+        assert!(text.contains("cert_key_transport = \"pkcs1v15\""), "{text}");
+        assert_eq!(VmDefinition::from_toml(&text).unwrap(), vm);
+        assert_eq!(VmDefinition::from_toml("").unwrap().cert_key_transport, KeyTransport::Oaep);
+        let bad = VmDefinition { certificates: vec![crate::certs::SimCert { key_pem: None, ..cert }], ..vm };
+        assert!(bad.validate().unwrap_err().starts_with("certificates[0]: "));
     }
 }

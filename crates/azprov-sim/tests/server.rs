@@ -1,6 +1,8 @@
 //! The simulator over real loopback sockets, with a raw HTTP/1.1 client.
 
 use std::io::{self, Read as _, Write as _};
+
+use base64::Engine as _;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -260,10 +262,21 @@ fn certificates_url_from_goal_state() {
     assert_eq!(get(&sim, target, WIRE).status, 400, "the transport certificate header is required");
     let mut h = WIRE.to_vec();
     h.push(("x-ms-cipher-name", "AES128_CBC"));
+    // A truncated certificate: the platform cannot encrypt to it.
     h.push(("x-ms-guest-agent-public-x509-cert", "MIIBszCCAVmgAwIBAgIUQUJD"));
     let r = get(&sim, target, &h);
-    assert_eq!(r.status, 200);
-    assert!(r.body.contains("<CertificateFile>") && !r.body.contains("<Data>"), "{}", r.body);
+    assert_eq!(r.status, 400, "{}", r.body);
+    // A real certificate (with a Subject Key Identifier); the default VM has no certificates: no Data.
+    let transport = azprov_sim::SimCert::generate_rsa("LinuxTransport").unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(transport.cert_der().unwrap());
+    h.pop();
+    h.push(("x-ms-guest-agent-public-x509-cert", &b64));
+    let r = get(&sim, target, &h);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("<CertificateFile") && !r.body.contains("<Data>"), "{}", r.body);
+    let n = h.len();
+    h[n - 2] = ("x-ms-cipher-name", "RC4");
+    assert_eq!(get(&sim, target, &h).status, 400);
 }
 
 #[test]

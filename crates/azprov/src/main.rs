@@ -1,14 +1,16 @@
 //! `azprov` command line: parse arguments, load configuration, call the library, map results to exit codes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use azprov::config;
+use azprov::platform::certificates::{self, TransportCert};
 use azprov::platform::{endpoint, media, ovf};
 use azprov::provision::{self, exit, Options, PhaseSel};
+use azprov::secret::Secret;
 use azprov::state::State;
 use azprov::system::{RealSystem, System};
 use azprov::timeutil::SystemClock;
@@ -85,6 +87,19 @@ enum Inspect {
         /// A lease file (repeatable; the first file with option 245 wins).
         #[arg(long = "lease", value_name = "FILE", required = true)]
         leases: Vec<PathBuf>,
+    },
+    /// A wireserver certificates answer (comp=certificates XML): decrypt it with the transport key and list the
+    /// certificates as JSON [{thumbprint, has_private_key, ssh_public_key}] (private keys are never printed).
+    Certificates {
+        /// The CertificateFile XML the wireserver returned.
+        #[arg(long, value_name = "FILE")]
+        certificates: PathBuf,
+        /// The transport private key (PKCS#8 PEM).
+        #[arg(long, value_name = "PEM")]
+        transport_key: PathBuf,
+        /// The transport certificate (PEM) the request carried.
+        #[arg(long, value_name = "PEM")]
+        transport_cert: PathBuf,
     },
 }
 
@@ -187,6 +202,9 @@ fn run() -> anyhow::Result<ExitCode> {
         Cmd::Inspect { what } => {
             let bytes = match &what {
                 Inspect::Endpoint { leases } => return inspect_endpoint(leases),
+                Inspect::Certificates { certificates, transport_key, transport_cert } => {
+                    return inspect_certificates(certificates, transport_key, transport_cert)
+                }
                 Inspect::Ovf { file } => std::fs::read(file).with_context(|| format!("reading {}", file.display()))?,
                 Inspect::Media { path } => {
                     let sys = RealSystem::new("/");
@@ -231,6 +249,45 @@ fn inspect_endpoint(leases: &[PathBuf]) -> anyhow::Result<ExitCode> {
         }
         None => {
             eprintln!("azprov: no unexpired lease with DHCP option 245 (wireserver address) in the given files");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// `azprov inspect certificates`: decrypt a comp=certificates answer; an answer that does not decrypt with the key
+/// is an error, not an empty list. Private keys are only reported as present.
+fn inspect_certificates(xml: &Path, key: &Path, cert: &Path) -> anyhow::Result<ExitCode> {
+    let xml = std::fs::read(xml).with_context(|| format!("reading {}", xml.display()))?;
+    let key_pem = Secret::new(std::fs::read(key).with_context(|| format!("reading {}", key.display()))?);
+    let cert_pem = std::fs::read_to_string(cert).with_context(|| format!("reading {}", cert.display()))?;
+    let transport = match TransportCert::from_pem(&cert_pem, &key_pem) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("azprov: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    match certificates::decrypt_certificates(&xml, transport.key()) {
+        Ok(certs) => {
+            #[derive(serde::Serialize)]
+            struct Listed<'a> {
+                thumbprint: &'a str,
+                has_private_key: bool,
+                ssh_public_key: Option<&'a str>,
+            }
+            let list: Vec<Listed<'_>> = certs
+                .iter()
+                .map(|c| Listed {
+                    thumbprint: &c.thumbprint,
+                    has_private_key: c.private_key_pem.is_some(),
+                    ssh_public_key: c.public_key_openssh.as_deref(),
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&list)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("azprov: {e}");
             Ok(ExitCode::from(1))
         }
     }
