@@ -3,6 +3,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -89,6 +90,87 @@ unsafe impl rustix::ioctl::Ioctl for IntIoctl {
         _ptr: *mut core::ffi::c_void,
     ) -> rustix::io::Result<i32> {
         Ok(out)
+    }
+}
+
+/// `_IOW('R', 0x03, int[2])`.
+const RNDADDENTROPY: rustix::ioctl::Opcode = 0x4008_5203;
+const SIGKILL: rustix::process::Signal = rustix::process::Signal::KILL;
+/// How long to wait for pipe EOF after the child exited.
+const PIPE_GRACE: Duration = Duration::from_secs(2);
+/// Output kept per stream; the rest is read and dropped so the child never blocks on a full pipe.
+const OUTPUT_CAP: usize = 4 << 20;
+
+/// `struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }` in one buffer, wiped on drop.
+struct AddEntropy(zeroize::Zeroizing<Vec<u8>>);
+
+impl AddEntropy {
+    fn new(data: &[u8], bits: u32) -> io::Result<Self> {
+        let len = i32::try_from(data.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let bits = i32::try_from(bits).unwrap_or(i32::MAX).min(len.saturating_mul(8));
+        let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(8 + data.len().div_ceil(4) * 4));
+        buf.extend_from_slice(&bits.to_ne_bytes());
+        buf.extend_from_slice(&len.to_ne_bytes());
+        buf.extend_from_slice(data);
+        buf.resize(8 + data.len().div_ceil(4) * 4, 0);
+        Ok(AddEntropy(buf))
+    }
+}
+
+unsafe impl rustix::ioctl::Ioctl for &mut AddEntropy {
+    type Output = ();
+    const IS_MUTATING: bool = false;
+    fn opcode(&self) -> rustix::ioctl::Opcode {
+        RNDADDENTROPY
+    }
+    fn as_ptr(&mut self) -> *mut core::ffi::c_void {
+        self.0.as_mut_ptr() as *mut core::ffi::c_void
+    }
+    unsafe fn output_from_ptr(
+        _out: rustix::ioctl::IoctlOutput,
+        _ptr: *mut core::ffi::c_void,
+    ) -> rustix::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A pipe read to EOF on a thread, keeping at most `OUTPUT_CAP` bytes.
+struct Drain {
+    buf: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> Drain {
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, done) = std::sync::mpsc::channel();
+    let shared = buf.clone();
+    std::thread::spawn(move || {
+        if let Some(mut p) = pipe {
+            let mut chunk = [0u8; 8192];
+            loop {
+                match p.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if let Ok(mut b) = shared.lock() {
+                            let room = OUTPUT_CAP.saturating_sub(b.len()).min(n);
+                            b.extend_from_slice(&chunk[..room]);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        let _ = tx.send(());
+    });
+    Drain { buf, done }
+}
+
+impl Drain {
+    /// What was read by EOF or by `deadline`, whichever comes first.
+    fn collect(self, deadline: Instant) -> Vec<u8> {
+        let _ = self.done.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        self.buf.lock().map(|b| b.clone()).unwrap_or_default()
     }
 }
 
@@ -229,27 +311,15 @@ impl System for RealSystem {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("LC_ALL", "C")
+            // its own process group, so a timeout can end the children it started too
+            .process_group(0)
             .spawn()?;
         if let (Some(data), Some(mut stdin)) = (&cmd.stdin, child.stdin.take()) {
             stdin.write_all(data.expose())?;
         }
         // Drain pipes on threads so a chatty child cannot block on a full pipe while we wait.
-        let mut out_pipe = child.stdout.take();
-        let mut err_pipe = child.stderr.take();
-        let out_t = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(p) = out_pipe.as_mut() {
-                let _ = p.read_to_end(&mut v);
-            }
-            v
-        });
-        let err_t = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(p) = err_pipe.as_mut() {
-                let _ = p.read_to_end(&mut v);
-            }
-            v
-        });
+        let out = drain(child.stdout.take());
+        let err = drain(child.stderr.take());
         let start = Instant::now();
         let mut timed_out = false;
         let status = loop {
@@ -257,18 +327,17 @@ impl System for RealSystem {
                 break st;
             }
             if start.elapsed() >= cmd.timeout {
+                let _ = rustix::process::kill_process_group(rustix::process::Pid::from_child(&child), SIGKILL);
                 let _ = child.kill();
                 timed_out = true;
                 break child.wait()?;
             }
             std::thread::sleep(Duration::from_micros(200));
         };
-        Ok(CommandOutput {
-            status: status.code(),
-            stdout: out_t.join().unwrap_or_default(),
-            stderr: err_t.join().unwrap_or_default(),
-            timed_out,
-        })
+        // A background process the child left running may hold the pipes open: wait a little, then take what
+        // arrived (the reader threads end when that process closes them).
+        let grace = Instant::now() + PIPE_GRACE;
+        Ok(CommandOutput { status: status.code(), stdout: out.collect(grace), stderr: err.collect(grace), timed_out })
     }
 
     fn has_program(&self, program: &str) -> bool {
@@ -287,6 +356,35 @@ impl System for RealSystem {
         }
         rustix::system::sethostname(name.as_bytes())?;
         Ok(true)
+    }
+
+    fn add_entropy(&self, data: &[u8], bits: u32) -> io::Result<bool> {
+        if !self.is_live() {
+            return Ok(false);
+        }
+        let random = OpenOptions::new().write(true).open("/dev/random")?;
+        let mut req = AddEntropy::new(data, bits)?;
+        // SAFETY: RNDADDENTROPY reads a `struct rand_pool_info` whose `buf_size` bytes follow the two ints.
+        unsafe { rustix::ioctl::ioctl(&random, &mut req) }?;
+        Ok(true)
+    }
+
+    fn kernel_release(&self) -> Option<String> {
+        let proc = self.read_to_string(Path::new("/proc/sys/kernel/osrelease")).ok();
+        if let Some(r) = proc.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()) {
+            return Some(r);
+        }
+        if !self.is_live() {
+            return None;
+        }
+        let u = rustix::system::uname();
+        Some(u.release().to_string_lossy().into_owned()).filter(|s| !s.is_empty())
+    }
+
+    fn append_existing(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::NONBLOCK;
+        let mut f = OpenOptions::new().append(true).custom_flags(flags.bits() as i32).open(self.host_path(path))?;
+        f.write_all(data)
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadAt>> {
@@ -399,6 +497,17 @@ mod tests {
         slow.timeout = Duration::from_millis(100);
         let out = s.run(&slow).unwrap();
         assert!(out.timed_out);
+        // a timeout ends the children too, and a background child holding the pipes does not stall the caller
+        let mut slow = Command::new("sh", &["-c", "echo started; sleep 30; echo never"]);
+        slow.timeout = Duration::from_millis(200);
+        let t = Instant::now();
+        let out = s.run(&slow).unwrap();
+        assert!(out.timed_out && t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert_eq!(out.stdout, b"started\n");
+        let t = Instant::now();
+        let out = s.run(&Command::new("sh", &["-c", "(sleep 5 &) ; echo done"])).unwrap();
+        assert!(out.success() && t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        assert_eq!(out.stdout, b"done\n");
         let missing = s.run(&Command::new("azprov-no-such-program", &[]));
         assert_eq!(missing.unwrap_err().kind(), io::ErrorKind::NotFound);
     }
@@ -414,6 +523,46 @@ mod tests {
         assert!(!s.kvp_truncate_if_older(p, 0).unwrap());
         assert!(s.kvp_truncate_if_older(p, i64::MAX).unwrap());
         assert_eq!(s.read(p).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn entropy_request_layout_and_root_guard() {
+        let r = AddEntropy::new(&[1, 2, 3, 4, 5], 40).unwrap();
+        let mut want = 40i32.to_ne_bytes().to_vec();
+        want.extend_from_slice(&5i32.to_ne_bytes());
+        want.extend_from_slice(&[1, 2, 3, 4, 5, 0, 0, 0]);
+        assert_eq!(&r.0[..], &want[..]);
+        // credit never exceeds the data
+        assert_eq!(&AddEntropy::new(&[9; 2], 1000).unwrap().0[..4], &16i32.to_ne_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!RealSystem::new(dir.path()).add_entropy(&[1; 8], 64).unwrap());
+    }
+
+    #[test]
+    fn append_existing_never_creates_or_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RealSystem::new(dir.path());
+        std::fs::create_dir(dir.path().join("dev")).unwrap();
+        assert!(s.append_existing(Path::new("/dev/console"), b"x").is_err());
+        assert!(!dir.path().join("dev/console").exists());
+        std::fs::write(dir.path().join("dev/console"), b"a\n").unwrap();
+        s.append_existing(Path::new("/dev/console"), b"b\n").unwrap();
+        assert_eq!(std::fs::read(dir.path().join("dev/console")).unwrap(), b"a\nb\n");
+        std::fs::write(dir.path().join("target"), b"").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("target"), dir.path().join("dev/link")).unwrap();
+        assert!(s.append_existing(Path::new("/dev/link"), b"x").is_err());
+        assert_eq!(std::fs::read(dir.path().join("target")).unwrap(), b"");
+    }
+
+    #[test]
+    fn kernel_release_under_a_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RealSystem::new(dir.path());
+        assert_eq!(s.kernel_release(), None);
+        std::fs::create_dir_all(dir.path().join("proc/sys/kernel")).unwrap();
+        std::fs::write(dir.path().join("proc/sys/kernel/osrelease"), "5.15.0-1019-azure\n").unwrap();
+        assert_eq!(s.kernel_release().as_deref(), Some("5.15.0-1019-azure"));
+        assert!(RealSystem::new("/").kernel_release().is_some());
     }
 
     #[test]
