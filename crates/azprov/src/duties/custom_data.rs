@@ -352,7 +352,6 @@ mod tests {
     use super::*;
     use crate::secret::Secret;
     use crate::system::record::RecordingSystem;
-    use std::sync::{Arc, Mutex};
 
     const SECRET_MARK: &str = "TOP-SECRET-4711";
 
@@ -369,31 +368,6 @@ mod tests {
     fn mode(dir: &tempfile::TempDir, rel: &str) -> u32 {
         use std::os::unix::fs::PermissionsExt;
         std::fs::metadata(dir.path().join(rel)).unwrap().permissions().mode() & 0o7777
-    }
-
-    /// Everything logged (any level) while `f` runs on this thread.
-    fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
-        #[derive(Clone)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        let buf = Buf(Arc::new(Mutex::new(Vec::new())));
-        let w = buf.clone();
-        let sub = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || w.clone())
-            .finish();
-        let out = tracing::subscriber::with_default(sub, f);
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        (out, text)
     }
 
     fn done(o: Outcome) -> String {
@@ -429,7 +403,7 @@ mod tests {
     fn persist_decoded_root_only() {
         let (dir, sys, cfg) = setup();
         let body = format!("#!/bin/sh\n# {SECRET_MARK}\necho hi\n");
-        let (o, log) = logged(|| persist(&sys, &cfg, Some(&decoded(&body)), None));
+        let (o, log) = crate::testutil::capture_log(|| persist(&sys, &cfg, Some(&decoded(&body)), None));
         let d = done(o);
         assert!(d.contains("saved to /var/lib/azprov/custom_data") && d.contains("not executed"), "{d}");
         assert!(!d.contains(SECRET_MARK) && !log.contains(SECRET_MARK), "{d}\n{log}");
@@ -512,7 +486,7 @@ mod tests {
         let body = format!("#!/bin/sh\n# {SECRET_MARK}\necho out-line\necho err-line >&2\nexit 3\n");
         let d = done(persist(&sys, &cfg, Some(&decoded(&body)), None));
         assert!(d.contains("will run after Ready"), "{d}");
-        let (o, log) = logged(|| execute_after_ready(&sys, &cfg));
+        let (o, log) = crate::testutil::capture_log(|| execute_after_ready(&sys, &cfg));
         let d = done(o);
         assert!(d.contains("customData exited with status 3"), "{d}");
         assert!(log.contains("customData stdout: out-line") && log.contains("customData stderr: err-line"), "{log}");
@@ -589,7 +563,7 @@ mod tests {
         cfg.duties.custom_data.timeout_secs = 1;
         done(persist(&sys, &cfg, Some(&decoded("#!/bin/sh\necho before\nsleep 30\necho after\n")), None));
         let t = Instant::now();
-        let (o, log) = logged(|| execute_after_ready(&sys, &cfg));
+        let (o, log) = crate::testutil::capture_log(|| execute_after_ready(&sys, &cfg));
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
         assert!(done(o).contains("customData timed out after 1 s"));
         assert!(log.contains("customData stdout: before") && !log.contains("after\n"), "{log}");
@@ -611,7 +585,7 @@ mod tests {
         assert_eq!(mode(&dir, "var/lib/azprov/user_data"), 0o600);
         assert!(skipped(execute_after_ready(&sys, &cfg)).contains("execution disabled"));
         cfg.duties.custom_data.user_data = UserDataPolicy::Execute;
-        let (o, log) = logged(|| execute_after_ready(&sys, &cfg));
+        let (o, log) = crate::testutil::capture_log(|| execute_after_ready(&sys, &cfg));
         assert!(done(o).contains("userData exited with status 0"));
         assert!(log.contains("userData stdout: ud") && !log.contains(SECRET_MARK), "{log}");
         // both configured: customData absent is noted, userData already ran
