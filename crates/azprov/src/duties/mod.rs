@@ -3,8 +3,10 @@
 
 pub mod custom_data;
 pub mod entropy;
+pub mod grub;
 pub mod host_keys;
 pub mod hostname;
+pub mod numa;
 pub mod password;
 pub mod ssh_keys;
 pub mod sshd;
