@@ -8,6 +8,7 @@ pub mod host_keys;
 pub mod hostname;
 pub mod numa;
 pub mod password;
+pub mod serial_console;
 pub mod ssh_keys;
 pub mod sshd;
 pub mod sudo;
