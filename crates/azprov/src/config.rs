@@ -119,6 +119,10 @@ pub struct Duties {
     pub host_keys: HostKeysDuty,
     pub routes: RoutesDuty,
     pub nic_names: Switch,
+    pub custom_data: CustomDataDuty,
+    pub entropy: Switch,
+    pub numa: Switch,
+    pub serial_console: SerialConsoleDuty,
 }
 
 impl Default for Duties {
@@ -133,6 +137,10 @@ impl Default for Duties {
             host_keys: HostKeysDuty::default(),
             routes: RoutesDuty::default(),
             nic_names: Switch { enabled: true },
+            custom_data: CustomDataDuty::default(),
+            entropy: Switch { enabled: true },
+            numa: Switch { enabled: true },
+            serial_console: SerialConsoleDuty::default(),
         }
     }
 }
@@ -245,6 +253,65 @@ pub struct RoutesDuty {
 impl Default for RoutesDuty {
     fn default() -> Self {
         RoutesDuty { enabled: true, add_default_route: true }
+    }
+}
+
+/// What to do with IMDS `userData` (platform.md §9.10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserDataPolicy {
+    /// Leave it in IMDS (default).
+    Ignore,
+    /// Save the decoded bytes root-only in the state directory.
+    Save,
+    /// Save, then run it after Ready like customData (only with a `#!` line).
+    Execute,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CustomDataDuty {
+    /// Save the OVF's decoded customData root-only at `<state dir>/custom_data`.
+    pub enabled: bool,
+    /// Also keep the raw base64 at WALinuxAgent's `/var/lib/waagent/CustomData` for tools that read it there.
+    pub waagent_copy: bool,
+    /// Fail provisioning (`failure to read customData while hasCustomData=true`) when IMDS says there is
+    /// customData but none could be read; otherwise it is only reported.
+    pub fail_on_missing: bool,
+    /// Run customData after Ready when it starts with `#!` (never `#cloud-config`).
+    pub execute: bool,
+    pub user_data: UserDataPolicy,
+    /// How long an executed script may run, in seconds.
+    pub timeout_secs: u64,
+}
+
+impl Default for CustomDataDuty {
+    fn default() -> Self {
+        CustomDataDuty {
+            enabled: true,
+            waagent_copy: false,
+            fail_on_missing: false,
+            execute: false,
+            user_data: UserDataPolicy::Ignore,
+            timeout_secs: 600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SerialConsoleDuty {
+    /// Check that the kernel command line and the boot loader send the console to ttyS0 (boot diagnostics).
+    pub enabled: bool,
+    /// Edit `GRUB_CMDLINE_LINUX` to add `console=ttyS0,115200n8 earlyprintk=ttyS0` and regenerate grub.cfg.
+    pub fix_bootloader: bool,
+    /// Mirror key progress lines and the final report to `/dev/console`.
+    pub mirror: bool,
+}
+
+impl Default for SerialConsoleDuty {
+    fn default() -> Self {
+        SerialConsoleDuty { enabled: true, fix_bootloader: false, mirror: true }
     }
 }
 
@@ -452,6 +519,46 @@ mod tests {
         assert!(c.duties.routes.enabled && !c.duties.routes.add_default_route && !c.duties.nic_names.enabled);
         let e = from_sources(&[src("n.toml", "[duties.nic_names]\nrename = true\n")], &no_env).unwrap_err().to_string();
         assert!(e.contains("n.toml") && e.contains("rename"), "{e}");
+    }
+
+    #[test]
+    fn custom_data_section() {
+        let c = from_sources(&[], &no_env).unwrap().duties.custom_data;
+        assert_eq!(c, CustomDataDuty::default());
+        assert!(c.enabled && !c.waagent_copy && !c.fail_on_missing && !c.execute);
+        assert_eq!((c.user_data, c.timeout_secs), (UserDataPolicy::Ignore, 600));
+        let t = "[duties.custom_data]\nexecute = true\nwaagent_copy = true\nfail_on_missing = true\nuser_data = \"execute\"\ntimeout_secs = 5\n";
+        let c = from_sources(&[src("a.toml", t)], &no_env).unwrap().duties.custom_data;
+        assert!(c.enabled && c.execute && c.waagent_copy && c.fail_on_missing);
+        assert_eq!((c.user_data, c.timeout_secs), (UserDataPolicy::Execute, 5));
+        for (text, want) in [("ignore", UserDataPolicy::Ignore), ("save", UserDataPolicy::Save)] {
+            let t = format!("[duties.custom_data]\nuser_data = \"{text}\"\n");
+            assert_eq!(from_sources(&[src("a.toml", &t)], &no_env).unwrap().duties.custom_data.user_data, want);
+        }
+        let e = from_sources(&[src("b.toml", "[duties.custom_data]\nuser_data = \"run\"\n")], &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("b.toml") && e.contains("user_data"), "{e}");
+        let e = from_sources(&[src("c.toml", "[duties.custom_data]\nexecute_custom_data = true\n")], &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c.toml") && e.contains("execute_custom_data"), "{e}");
+    }
+
+    #[test]
+    fn kernel_duty_sections() {
+        let d = from_sources(&[], &no_env).unwrap().duties;
+        assert!(d.entropy.enabled && d.numa.enabled);
+        assert_eq!(d.serial_console, SerialConsoleDuty { enabled: true, fix_bootloader: false, mirror: true });
+        let t = "[duties.entropy]\nenabled = false\n[duties.numa]\nenabled = false\n[duties.serial_console]\nfix_bootloader = true\nmirror = false\n";
+        let d = from_sources(&[src("a.toml", t)], &no_env).unwrap().duties;
+        assert!(!d.entropy.enabled && !d.numa.enabled);
+        assert_eq!(d.serial_console, SerialConsoleDuty { enabled: true, fix_bootloader: true, mirror: false });
+        let e =
+            from_sources(&[src("d.toml", "[duties.serial_console]\nfix = true\n")], &no_env).unwrap_err().to_string();
+        assert!(e.contains("d.toml") && e.contains("fix"), "{e}");
+        let e = from_sources(&[src("e.toml", "[duties.numa]\noff = true\n")], &no_env).unwrap_err().to_string();
+        assert!(e.contains("e.toml") && e.contains("off"), "{e}");
     }
 
     #[test]

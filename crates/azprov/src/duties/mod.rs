@@ -1,13 +1,18 @@
 //! One module per duty. Each takes its inputs and `&dyn System` and returns an `Outcome`; duties never talk to
 //! the platform (the report does).
 
+pub mod custom_data;
+pub mod entropy;
+pub mod grub;
 pub mod host_keys;
 pub mod hostname;
 pub mod key_pairs;
 pub mod nic_names;
 pub mod nics;
+pub mod numa;
 pub mod password;
 pub mod routes;
+pub mod serial_console;
 pub mod ssh_keys;
 pub mod sshd;
 pub mod sudo;
@@ -58,6 +63,24 @@ pub fn group_exists(text: &str, name: &str) -> bool {
     text.lines().any(|l| l.split(':').next() == Some(name))
 }
 
+/// `(major, minor, patch)` from a kernel release such as `2.6.32-754.el6.x86_64`, `6.9` or `5.15.0-1019-azure`
+/// (missing parts are 0). `None` when it does not start with a number.
+pub fn kernel_version(release: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = [0u32; 3];
+    let numeric = release.trim().split(|c: char| !c.is_ascii_digit() && c != '.').next().unwrap_or("");
+    let mut seen = 0;
+    for (i, p) in numeric.split('.').take(3).enumerate() {
+        match p.parse() {
+            Ok(n) => {
+                parts[i] = n;
+                seen += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    (seen > 0).then_some((parts[0], parts[1], parts[2]))
+}
+
 /// `(stdout/stderr excerpt)` for failure reports: one line, bounded.
 pub(crate) fn excerpt(bytes: &[u8]) -> String {
     let s: String = String::from_utf8_lossy(bytes).split_whitespace().collect::<Vec<_>>().join(" ");
@@ -75,5 +98,19 @@ mod tests {
         assert!(find_passwd(t, "azure").is_none());
         assert!(group_exists("video:x:44:\n", "video"));
         assert!(!group_exists("video:x:44:\n", "vide"));
+    }
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(kernel_version("2.6.32-754.el6.x86_64"), Some((2, 6, 32)));
+        assert_eq!(kernel_version("6.9"), Some((6, 9, 0)));
+        assert_eq!(kernel_version("5.15.0-1019-azure\n"), Some((5, 15, 0)));
+        assert_eq!(kernel_version("6.10.0-rc1"), Some((6, 10, 0)));
+        assert_eq!(kernel_version("2.6.37"), Some((2, 6, 37)));
+        assert_eq!(kernel_version("3.10.0+"), Some((3, 10, 0)));
+        assert_eq!(kernel_version("6.8.0-1015-azure"), Some((6, 8, 0)));
+        assert_eq!(kernel_version("linux"), None);
+        assert_eq!(kernel_version(""), None);
+        assert!(kernel_version("6.9.0").unwrap() >= (6, 9, 0));
+        assert!(kernel_version("6.8.12").unwrap() < (6, 9, 0));
     }
 }

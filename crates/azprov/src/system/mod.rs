@@ -197,6 +197,21 @@ pub trait System: Send + Sync {
     /// `sethostname(2)` on a live system; `Ok(false)` (not touched) under a root.
     fn set_kernel_hostname(&self, name: &str) -> io::Result<bool>;
 
+    /// Feed `data` to the kernel's entropy pool with `RNDADDENTROPY`, crediting `bits`, on a live system only;
+    /// `Ok(false)` (not touched) under a root. Needs CAP_SYS_ADMIN.
+    fn add_entropy(&self, data: &[u8], bits: u32) -> io::Result<bool>;
+
+    /// The target's kernel release (`6.8.0-1015-azure`): `/proc/sys/kernel/osrelease` under the root (a live
+    /// system may also ask `uname`). `None` when unknown (an offline image has no `/proc`).
+    fn kernel_release(&self) -> Option<String> {
+        let s = self.read_to_string(Path::new("/proc/sys/kernel/osrelease")).ok()?;
+        Some(s.trim().to_string()).filter(|s| !s.is_empty())
+    }
+
+    /// Append to a file or device that already exists (never created), without following a symlink, without
+    /// becoming its controlling terminal and without blocking (a stuck serial console must not stall the agent).
+    fn append_existing(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+
     /// Open a target path (device node or, in a sandbox, an image file) for random-access reads.
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadAt>>;
     /// Open a host path given on the command line (`--media`).

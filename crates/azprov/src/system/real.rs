@@ -4,6 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -90,6 +91,45 @@ unsafe impl rustix::ioctl::Ioctl for IntIoctl {
         _ptr: *mut core::ffi::c_void,
     ) -> rustix::io::Result<i32> {
         Ok(out)
+    }
+}
+
+/// `_IOW('R', 0x03, int[2])`.
+const RNDADDENTROPY: rustix::ioctl::Opcode = 0x4008_5203;
+const SIGKILL: rustix::process::Signal = rustix::process::Signal::KILL;
+/// Output kept per stream; the rest is read and dropped so the child never blocks on a full pipe.
+const OUTPUT_CAP: usize = 4 << 20;
+
+/// `struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }` in one buffer, wiped on drop.
+struct AddEntropy(zeroize::Zeroizing<Vec<u8>>);
+
+impl AddEntropy {
+    fn new(data: &[u8], bits: u32) -> io::Result<Self> {
+        let len = i32::try_from(data.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let bits = i32::try_from(bits).unwrap_or(i32::MAX).min(len.saturating_mul(8));
+        let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(8 + data.len().div_ceil(4) * 4));
+        buf.extend_from_slice(&bits.to_ne_bytes());
+        buf.extend_from_slice(&len.to_ne_bytes());
+        buf.extend_from_slice(data);
+        buf.resize(8 + data.len().div_ceil(4) * 4, 0);
+        Ok(AddEntropy(buf))
+    }
+}
+
+unsafe impl rustix::ioctl::Ioctl for &mut AddEntropy {
+    type Output = ();
+    const IS_MUTATING: bool = false;
+    fn opcode(&self) -> rustix::ioctl::Opcode {
+        RNDADDENTROPY
+    }
+    fn as_ptr(&mut self) -> *mut core::ffi::c_void {
+        self.0.as_mut_ptr() as *mut core::ffi::c_void
+    }
+    unsafe fn output_from_ptr(
+        _out: rustix::ioctl::IoctlOutput,
+        _ptr: *mut core::ffi::c_void,
+    ) -> rustix::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -197,7 +237,11 @@ impl<T: AsFd + Read> Pipe<T> {
         while let Some(f) = self.fd.as_mut() {
             match f.read(&mut chunk) {
                 Ok(0) => self.fd = None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    // keep at most OUTPUT_CAP; the rest is read and dropped so the child never blocks
+                    let room = OUTPUT_CAP.saturating_sub(self.buf.len()).min(n);
+                    self.buf.extend_from_slice(&chunk[..room]);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => self.fd = None,
@@ -243,6 +287,8 @@ fn supervise(mut child: std::process::Child, stdin: &[u8], timeout: Duration) ->
             None => {
                 let elapsed = now.duration_since(start);
                 if elapsed >= timeout {
+                    // the child leads its own process group: take what it started with it
+                    let _ = rustix::process::kill_process_group(rustix::process::Pid::from_child(&child), SIGKILL);
                     let _ = child.kill();
                     status = Some(child.wait()?);
                     timed_out = true;
@@ -405,6 +451,8 @@ impl System for RealSystem {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("LC_ALL", "C")
+            // its own process group, so a timeout can end the children it started too
+            .process_group(0)
             .spawn()?;
         let stdin = cmd.stdin.as_ref().map(|s| s.expose()).unwrap_or_default();
         supervise(child, stdin, cmd.timeout)
@@ -426,6 +474,35 @@ impl System for RealSystem {
         }
         rustix::system::sethostname(name.as_bytes())?;
         Ok(true)
+    }
+
+    fn add_entropy(&self, data: &[u8], bits: u32) -> io::Result<bool> {
+        if !self.is_live() {
+            return Ok(false);
+        }
+        let random = OpenOptions::new().write(true).open("/dev/random")?;
+        let mut req = AddEntropy::new(data, bits)?;
+        // SAFETY: RNDADDENTROPY reads a `struct rand_pool_info` whose `buf_size` bytes follow the two ints.
+        unsafe { rustix::ioctl::ioctl(&random, &mut req) }?;
+        Ok(true)
+    }
+
+    fn kernel_release(&self) -> Option<String> {
+        let proc = self.read_to_string(Path::new("/proc/sys/kernel/osrelease")).ok();
+        if let Some(r) = proc.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()) {
+            return Some(r);
+        }
+        if !self.is_live() {
+            return None;
+        }
+        let u = rustix::system::uname();
+        Some(u.release().to_string_lossy().into_owned()).filter(|s| !s.is_empty())
+    }
+
+    fn append_existing(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::NONBLOCK;
+        let mut f = OpenOptions::new().append(true).custom_flags(flags.bits() as i32).open(self.host_path(path))?;
+        f.write_all(data)
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadAt>> {
@@ -543,6 +620,17 @@ mod tests {
         slow.timeout = Duration::from_millis(100);
         let out = s.run(&slow).unwrap();
         assert!(out.timed_out);
+        // a timeout ends the children too, and a background child holding the pipes does not stall the caller
+        let mut slow = Command::new("sh", &["-c", "echo started; sleep 30; echo never"]);
+        slow.timeout = Duration::from_millis(200);
+        let t = Instant::now();
+        let out = s.run(&slow).unwrap();
+        assert!(out.timed_out && t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert_eq!(out.stdout, b"started\n");
+        let t = Instant::now();
+        let out = s.run(&Command::new("sh", &["-c", "(sleep 5 &) ; echo done"])).unwrap();
+        assert!(out.success() && t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        assert_eq!(out.stdout, b"done\n");
         let missing = s.run(&Command::new("azprov-no-such-program", &[]));
         assert_eq!(missing.unwrap_err().kind(), io::ErrorKind::NotFound);
     }
@@ -586,6 +674,46 @@ mod tests {
         assert!(!s.kvp_truncate_if_older(p, 0).unwrap());
         assert!(s.kvp_truncate_if_older(p, i64::MAX).unwrap());
         assert_eq!(s.read(p).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn entropy_request_layout_and_root_guard() {
+        let r = AddEntropy::new(&[1, 2, 3, 4, 5], 40).unwrap();
+        let mut want = 40i32.to_ne_bytes().to_vec();
+        want.extend_from_slice(&5i32.to_ne_bytes());
+        want.extend_from_slice(&[1, 2, 3, 4, 5, 0, 0, 0]);
+        assert_eq!(&r.0[..], &want[..]);
+        // credit never exceeds the data
+        assert_eq!(&AddEntropy::new(&[9; 2], 1000).unwrap().0[..4], &16i32.to_ne_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!RealSystem::new(dir.path()).add_entropy(&[1; 8], 64).unwrap());
+    }
+
+    #[test]
+    fn append_existing_never_creates_or_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RealSystem::new(dir.path());
+        std::fs::create_dir(dir.path().join("dev")).unwrap();
+        assert!(s.append_existing(Path::new("/dev/console"), b"x").is_err());
+        assert!(!dir.path().join("dev/console").exists());
+        std::fs::write(dir.path().join("dev/console"), b"a\n").unwrap();
+        s.append_existing(Path::new("/dev/console"), b"b\n").unwrap();
+        assert_eq!(std::fs::read(dir.path().join("dev/console")).unwrap(), b"a\nb\n");
+        std::fs::write(dir.path().join("target"), b"").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("target"), dir.path().join("dev/link")).unwrap();
+        assert!(s.append_existing(Path::new("/dev/link"), b"x").is_err());
+        assert_eq!(std::fs::read(dir.path().join("target")).unwrap(), b"");
+    }
+
+    #[test]
+    fn kernel_release_under_a_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RealSystem::new(dir.path());
+        assert_eq!(s.kernel_release(), None);
+        std::fs::create_dir_all(dir.path().join("proc/sys/kernel")).unwrap();
+        std::fs::write(dir.path().join("proc/sys/kernel/osrelease"), "5.15.0-1019-azure\n").unwrap();
+        assert_eq!(s.kernel_release().as_deref(), Some("5.15.0-1019-azure"));
+        assert!(RealSystem::new("/").kernel_release().is_some());
     }
 
     #[test]

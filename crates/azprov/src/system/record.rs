@@ -12,6 +12,9 @@ use super::{
 };
 use crate::platform::media::ReadAt;
 
+/// `(data, credited bits)` given to `add_entropy`.
+pub type EntropyCall = (Vec<u8>, u32);
+
 pub struct RecordingSystem {
     inner: RealSystem,
     commands: Mutex<Vec<Command>>,
@@ -20,6 +23,8 @@ pub struct RecordingSystem {
     /// A scripted kernel routing table (`None`: ask the inner system, which refuses under a root).
     routes: Mutex<Option<Vec<Ipv4Route>>>,
     added_routes: Mutex<Vec<NewIpv4Route>>,
+    /// `None` until `accept_entropy`; then `(data, credited bits)` per `add_entropy` call.
+    entropy: Mutex<Option<Vec<EntropyCall>>>,
 }
 
 impl RecordingSystem {
@@ -31,7 +36,18 @@ impl RecordingSystem {
             missing: Mutex::new(Vec::new()),
             routes: Mutex::new(None),
             added_routes: Mutex::new(Vec::new()),
+            entropy: Mutex::new(None),
         }
+    }
+    /// Act like a live kernel for `add_entropy`: accept and record the data (otherwise `Ok(false)`, as under a root).
+    pub fn accept_entropy(&self) {
+        if let Ok(mut e) = self.entropy.lock() {
+            e.get_or_insert_with(Vec::new);
+        }
+    }
+    /// `(data, credited bits)` given to `add_entropy` since `accept_entropy`.
+    pub fn entropy_added(&self) -> Vec<EntropyCall> {
+        self.entropy.lock().ok().and_then(|e| e.clone()).unwrap_or_default()
     }
     /// Answer `program` with `output` instead of running it.
     pub fn script(&self, program: &str, output: CommandOutput) {
@@ -156,6 +172,19 @@ impl System for RecordingSystem {
     }
     fn set_kernel_hostname(&self, _name: &str) -> io::Result<bool> {
         Ok(false)
+    }
+    fn add_entropy(&self, data: &[u8], bits: u32) -> io::Result<bool> {
+        let mut e = self.entropy.lock().map_err(|_| io::Error::other("poisoned"))?;
+        match e.as_mut() {
+            Some(v) => {
+                v.push((data.to_vec(), bits));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+    fn append_existing(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        self.inner.append_existing(path, data)
     }
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadAt>> {
         self.inner.open_read(path)
