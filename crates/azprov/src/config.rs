@@ -165,12 +165,23 @@ pub struct UserDuty {
     pub enabled: bool,
     /// Supplementary groups for a new admin user; groups the image lacks are skipped.
     pub groups: Vec<String>,
+    /// A group named like the new user already exists (e.g. `video`): join it (`useradd -g`) or fail.
+    pub on_group_clash: GroupClash,
+    /// Allow adopting an existing account whose uid is below `UID_MIN` (`/etc/login.defs`).
+    pub allow_system_user: bool,
 }
 
 impl Default for UserDuty {
     fn default() -> Self {
-        UserDuty { enabled: true, groups: Vec::new() }
+        UserDuty { enabled: true, groups: Vec::new(), on_group_clash: GroupClash::Join, allow_system_user: false }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupClash {
+    Join,
+    Fail,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

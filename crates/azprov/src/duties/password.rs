@@ -44,9 +44,39 @@ fn run(sys: &dyn System, cmd: Command, what: &str) -> Result<(), Failure> {
     }
 }
 
+/// Whether sshd runs without PAM (`UsePAM no`, also OpenSSH's built-in default when the files say nothing). sshd
+/// then refuses even key logins for a `!`-locked account ("account is locked"), so we lock with `*`.
+/// No sshd configuration at all → `false`.
+pub fn sshd_without_pam(sys: &dyn System) -> bool {
+    let (eff, _) = super::sshd::effective(sys, None);
+    eff.is_some_and(|e| e.get("UsePAM").map(|s| s.first()).as_deref() != Some("yes"))
+}
+
+/// Feed `user:<value>` to `chpasswd -e` on stdin.
+fn chpasswd(sys: &dyn System, user: &str, value: &[u8]) -> Result<(), Failure> {
+    let mut line = Vec::with_capacity(user.len() + value.len() + 2);
+    line.extend_from_slice(user.as_bytes());
+    line.push(b':');
+    line.extend_from_slice(value);
+    line.push(b'\n');
+    let mut args = root_args(sys);
+    args.push("-e".into());
+    let cmd =
+        Command { program: "chpasswd".into(), args, stdin: Some(Secret::new(line)), timeout: Duration::from_secs(30) };
+    run(sys, cmd, "chpasswd -e")
+}
+
 /// Set (or lock) the password of `user`. `newly_created`: useradd already left the account locked.
+/// Without a password the account is locked: `!` (useradd's default, or `usermod -L`), or `*` written through
+/// `chpasswd -e` when sshd runs with `UsePAM no` (see [`sshd_without_pam`]).
 pub fn apply(sys: &dyn System, user: &str, password: Option<&Secret>, newly_created: bool) -> Outcome {
     let Some(pw) = password else {
+        if sshd_without_pam(sys) {
+            return match chpasswd(sys, user, b"*") {
+                Ok(()) => Outcome::Done(format!("no password provided: {user} locked with '*' (sshd UsePAM no)")),
+                Err(f) => Outcome::Failed(f),
+            };
+        }
         if newly_created {
             return Outcome::Done(format!("no password provided: {user} stays locked (useradd default)"));
         }
@@ -62,16 +92,7 @@ pub fn apply(sys: &dyn System, user: &str, password: Option<&Secret>, newly_crea
         Ok(h) => h,
         Err(e) => return Outcome::Failed(Failure::new("failure to set password").with("exception", e)),
     };
-    let mut line = Vec::with_capacity(user.len() + hashed.len() + 2);
-    line.extend_from_slice(user.as_bytes());
-    line.push(b':');
-    line.extend_from_slice(hashed.expose());
-    line.push(b'\n');
-    let mut args = root_args(sys);
-    args.push("-e".into());
-    let cmd =
-        Command { program: "chpasswd".into(), args, stdin: Some(Secret::new(line)), timeout: Duration::from_secs(30) };
-    match run(sys, cmd, "chpasswd -e") {
+    match chpasswd(sys, user, hashed.expose()) {
         Ok(()) => Outcome::Done(format!("password set for {user} (sha512-crypt)")),
         Err(f) => Outcome::Failed(f),
     }

@@ -1,13 +1,16 @@
 //! SSH public keys into the user's `authorized_keys`: validated, merged with what is there, de-duplicated,
-//! written atomically with the modes sshd's StrictModes wants.
+//! written atomically with the modes sshd's StrictModes wants, to the file sshd actually reads (effective
+//! `AuthorizedKeysFile`) or to the platform's path when that is inside the home; relabelled on SELinux.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use base64::Engine;
 
 use super::{Outcome, Passwd};
+use crate::plan::SshKey;
 use crate::report::Failure;
-use crate::system::System;
+use crate::system::{Command, System};
 
 /// A structurally valid OpenSSH public key line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,64 +118,261 @@ pub fn merge(existing: &str, new: &[PublicKey]) -> (String, usize) {
     (out, added)
 }
 
-fn io_failure(path: &Path, e: std::io::Error) -> Failure {
+fn io_failure(path: &Path, e: impl std::fmt::Display) -> Failure {
     Failure::new("failure to write authorized_keys").with("path", path.display()).with("exception", e)
 }
 
-/// Write `keys` for `user` into `~/.ssh/authorized_keys` (0700 dir, 0600 file, owned by the user).
-pub fn install(sys: &dyn System, user: &Passwd, keys: &[String]) -> Outcome {
-    let mut valid = Vec::new();
-    let mut rejected = 0;
-    for k in keys {
-        match parse(k) {
-            Ok(pk) => valid.push(pk),
-            Err(e) => {
-                rejected += 1;
-                tracing::warn!("skipping an SSH key: {e}");
+/// Where a platform key `Path` points for this user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// The usual `~/.ssh/authorized_keys`: the key goes to the file sshd reads (`AuthorizedKeysFile`).
+    Default,
+    /// Another file inside the user's home, honoured as given.
+    Custom(PathBuf),
+}
+
+/// Judge a platform key path (OVF `PublicKey/Path`, IMDS `path`). `$HOME/<user>` (WALinuxAgent's form: `$HOME` is
+/// `/home`), `/home/<user>`, `~` and `~<user>` all stand for the passwd home. Refused (`Err` with the reason): a
+/// relative path, one with `..`, or one outside the home. Symlinks are checked when writing.
+pub fn platform_destination(path: &str, user: &Passwd) -> Result<Destination, String> {
+    let home = Path::new(&user.home);
+    let p = path.trim();
+    if p.is_empty() {
+        return Ok(Destination::Default);
+    }
+    let p = match p.strip_prefix("$HOME") {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => format!("/home{rest}"),
+        _ => p.to_string(),
+    };
+    let tilde_user = format!("~{}", user.name);
+    let home_user = format!("/home/{}", user.name);
+    let mut expanded = None;
+    for prefix in [home_user.as_str(), tilde_user.as_str(), "~"] {
+        if let Some(rest) = p.strip_prefix(prefix) {
+            if rest.is_empty() || rest.starts_with('/') {
+                expanded = Some(format!("{}{rest}", user.home.trim_end_matches('/')));
+                break;
             }
         }
     }
-    if valid.is_empty() {
-        return if rejected > 0 {
+    let p = expanded.unwrap_or(p);
+    if !p.starts_with('/') {
+        return Err("not an absolute path".into());
+    }
+    let mut normal = PathBuf::from("/");
+    for c in Path::new(&p).components() {
+        match c {
+            std::path::Component::ParentDir => return Err("contains '..'".into()),
+            std::path::Component::Normal(n) => normal.push(n),
+            _ => {}
+        }
+    }
+    if !home.is_absolute() || home == Path::new("/") || !normal.starts_with(home) || normal == home {
+        return Err(format!("outside the home directory {}", home.display()));
+    }
+    if normal == home.join(".ssh/authorized_keys") {
+        return Ok(Destination::Default);
+    }
+    Ok(Destination::Custom(normal))
+}
+
+/// Expand an `AuthorizedKeysFile` token: `%%`, `%h` (home), `%u` (name), `%U` (uid); relative → under the home.
+pub fn expand_tokens(token: &str, user: &Passwd) -> Result<PathBuf, String> {
+    let mut out = String::new();
+    let mut chars = token.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('%') => out.push('%'),
+            Some('h') => out.push_str(&user.home),
+            Some('u') => out.push_str(&user.name),
+            Some('U') => out.push_str(&user.uid.to_string()),
+            Some(x) => return Err(format!("unknown token %{x} in AuthorizedKeysFile {token}")),
+            None => return Err(format!("dangling % in AuthorizedKeysFile {token}")),
+        }
+    }
+    if out.is_empty() {
+        return Err("empty AuthorizedKeysFile".into());
+    }
+    let p = PathBuf::from(&out);
+    Ok(if p.is_absolute() { p } else { Path::new(&user.home).join(p) })
+}
+
+/// The file sshd reads the user's keys from: the first token of the effective `AuthorizedKeysFile` (`sshd -T -C
+/// user=…` on the live system with sshd installed, else the configuration files), expanded; default
+/// `~/.ssh/authorized_keys`. The strings are notes for the outcome.
+pub fn authorized_keys_file(sys: &dyn System, user: &Passwd) -> (PathBuf, Vec<String>) {
+    let default = Path::new(&user.home).join(".ssh/authorized_keys");
+    let (eff, _why) = super::sshd::effective(sys, Some(&user.name));
+    let Some(setting) = eff.as_ref().and_then(|e| e.get("AuthorizedKeysFile")) else {
+        return (default, Vec::new());
+    };
+    let how = eff.as_ref().map(|e| e.how.clone()).unwrap_or_default();
+    let Some(first) = setting.value.split_whitespace().next().map(|t| t.trim_matches('"')) else {
+        return (default, Vec::new());
+    };
+    if first.eq_ignore_ascii_case("none") {
+        let note = format!("AuthorizedKeysFile none ({how}): keys written to {} anyway", default.display());
+        return (default, vec![note]);
+    }
+    match expand_tokens(first, user) {
+        Ok(p) => (p, Vec::new()),
+        Err(e) => (default, vec![format!("{e} ({how}): using the default file")]),
+    }
+}
+
+/// Check (lstat) every directory between the home and `dir`: no symlinks, no non-directories, owned by the user
+/// or root. Missing ones are created 0700, owned by the user.
+fn safe_dirs(sys: &dyn System, user: &Passwd, dir: &Path) -> Result<(), Failure> {
+    let home = Path::new(&user.home);
+    let owner = Some((user.uid, user.gid));
+    if !sys.exists(home) {
+        sys.create_dir_all(home, 0o700, owner).map_err(|e| io_failure(home, e))?;
+    }
+    let rel = dir.strip_prefix(home).map_err(|_| io_failure(dir, "not inside the home directory"))?;
+    let mut cur = home.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        match sys.stat(&cur) {
+            Ok(st) if st.is_symlink => return Err(io_failure(&cur, "is a symlink: refused")),
+            Ok(st) if !st.is_dir => return Err(io_failure(&cur, "not a directory")),
+            Ok(st) if st.uid != user.uid && st.uid != 0 => {
+                return Err(io_failure(&cur, format!("owned by uid {}, not the user or root", st.uid)))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                sys.create_dir_all(&cur, 0o700, owner).map_err(|e| io_failure(&cur, e))?;
+            }
+            Err(e) => return Err(io_failure(&cur, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Merge `keys` into `file` (atomic write, 0600, owned by the user). Returns how many keys were new.
+fn write_keys(sys: &dyn System, user: &Passwd, file: &Path, keys: &[PublicKey]) -> Result<usize, Failure> {
+    let home = Path::new(&user.home);
+    let owner = Some((user.uid, user.gid));
+    let parent = file.parent().ok_or_else(|| io_failure(file, "no parent directory"))?;
+    if parent.starts_with(home) && home != Path::new("/") {
+        safe_dirs(sys, user, parent)?;
+    } else if !sys.exists(parent) {
+        // an administrator's AuthorizedKeysFile outside the home (e.g. /etc/ssh/authorized_keys/%u): root's
+        sys.create_dir_all(parent, 0o755, Some((0, 0))).map_err(|e| io_failure(parent, e))?;
+    }
+    let existing = match sys.stat(file) {
+        Ok(st) if st.is_symlink => return Err(io_failure(file, "is a symlink: refused")),
+        Ok(st) if !st.is_file => return Err(io_failure(file, "not a regular file")),
+        Ok(_) => sys.read_to_string(file).map_err(|e| io_failure(file, e))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io_failure(file, e)),
+    };
+    let (text, added) = merge(&existing, keys);
+    sys.write_file(file, text.as_bytes(), 0o600, owner).map_err(|e| io_failure(file, e))?;
+    let ssh_dir = home.join(".ssh");
+    if parent == ssh_dir {
+        sys.set_mode(&ssh_dir, 0o700)
+            .and_then(|_| sys.set_owner(&ssh_dir, user.uid, user.gid))
+            .map_err(|e| io_failure(&ssh_dir, e))?;
+    }
+    Ok(added)
+}
+
+/// On SELinux systems (`/sys/fs/selinux/enforce` exists) relabel what we wrote (`restorecon -R`): files created
+/// by root otherwise keep a label sshd may not read. A missing or failing restorecon is a note.
+fn relabel(sys: &dyn System, paths: &[PathBuf]) -> Option<String> {
+    if paths.is_empty() || !sys.exists(Path::new("/sys/fs/selinux/enforce")) {
+        return None;
+    }
+    if !sys.has_program("restorecon") {
+        return Some("SELinux enabled but restorecon is not installed: not relabelled".into());
+    }
+    let mut args = vec!["-R".to_string()];
+    args.extend(paths.iter().map(|p| sys.host_path(p).display().to_string()));
+    let cmd = Command { program: "restorecon".into(), args, stdin: None, timeout: Duration::from_secs(60) };
+    Some(match sys.run(&cmd) {
+        Ok(o) if o.success() => "relabelled with restorecon".into(),
+        Ok(o) => format!("restorecon failed: {}", super::excerpt(&o.stderr)),
+        Err(e) => format!("restorecon failed: {e}"),
+    })
+}
+
+/// Install `keys` for `user`: each key goes to the file sshd reads (effective `AuthorizedKeysFile`, first token)
+/// unless the platform named another path inside the home; paths outside the home, with `..` or through a
+/// symlink are refused with the reason in the outcome. Existing lines are kept, duplicates dropped.
+pub fn install(sys: &dyn System, user: &Passwd, keys: &[SshKey]) -> Outcome {
+    let (default_file, mut notes) = authorized_keys_file(sys, user);
+    let mut targets: Vec<(PathBuf, Vec<PublicKey>)> = Vec::new();
+    let mut rejected = 0;
+    let mut refused = Vec::new();
+    for k in keys {
+        let pk = match parse(&k.key) {
+            Ok(pk) => pk,
+            Err(e) => {
+                rejected += 1;
+                tracing::warn!("skipping an SSH key: {e}");
+                continue;
+            }
+        };
+        let target = match k.path.as_deref().map(|p| (p, platform_destination(p, user))) {
+            None | Some((_, Ok(Destination::Default))) => default_file.clone(),
+            Some((_, Ok(Destination::Custom(p)))) => p,
+            Some((p, Err(why))) => {
+                tracing::warn!("refusing SSH key path {p}: {why}");
+                refused.push(format!("{p}: {why}"));
+                continue;
+            }
+        };
+        match targets.iter_mut().find(|(t, _)| *t == target) {
+            Some((_, list)) => list.push(pk),
+            None => targets.push((target, vec![pk])),
+        }
+    }
+    if targets.is_empty() {
+        return if !refused.is_empty() {
+            Outcome::Failed(
+                Failure::new("failure to write authorized_keys")
+                    .with("username", &user.name)
+                    .with("refused_paths", refused.join("; ")),
+            )
+        } else if rejected > 0 {
             Outcome::Failed(Failure::new("no valid ssh public key").with("rejected", rejected))
         } else {
             Outcome::Skipped("no SSH public keys provided".into())
         };
     }
-    let owner = Some((user.uid, user.gid));
-    let ssh_dir = PathBuf::from(&user.home).join(".ssh");
-    let path = ssh_dir.join("authorized_keys");
-    if let Err(e) = sys.create_dir_all(&ssh_dir, 0o700, owner) {
-        return Outcome::Failed(io_failure(&ssh_dir, e));
-    }
-    match sys.stat(&ssh_dir) {
-        Ok(st) if st.is_dir && !st.is_symlink && (st.uid == user.uid || st.uid == 0) => {}
-        Ok(_) => {
-            return Outcome::Failed(io_failure(&ssh_dir, std::io::Error::other("not a directory owned by the user")))
+    let ssh_dir = Path::new(&user.home).join(".ssh");
+    let mut written = Vec::new();
+    let mut relabel_paths: Vec<PathBuf> = Vec::new();
+    for (file, list) in &targets {
+        match write_keys(sys, user, file, list) {
+            Ok(added) => written.push(format!("{added} key(s) added to {}", file.display())),
+            Err(f) => return Outcome::Failed(f.with("username", &user.name)),
         }
-        Err(e) => return Outcome::Failed(io_failure(&ssh_dir, e)),
-    }
-    let existing = match sys.stat(&path) {
-        Ok(st) if st.is_symlink => {
-            return Outcome::Failed(io_failure(&path, std::io::Error::other("is a symlink")));
+        let label = if file.starts_with(&ssh_dir) { ssh_dir.clone() } else { file.clone() };
+        if !relabel_paths.contains(&label) {
+            relabel_paths.push(label);
         }
-        Ok(_) => match sys.read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) => return Outcome::Failed(io_failure(&path, e)),
-        },
-        Err(_) => String::new(),
-    };
-    let (text, added) = merge(&existing, &valid);
-    let write = sys
-        .write_file(&path, text.as_bytes(), 0o600, owner)
-        .and_then(|_| sys.set_mode(&ssh_dir, 0o700))
-        .and_then(|_| sys.set_owner(&ssh_dir, user.uid, user.gid));
-    if let Err(e) = write {
-        return Outcome::Failed(io_failure(&path, e));
     }
-    let mut detail = format!("{added} key(s) added to {}", path.display());
+    if let Ok(st) = sys.stat(Path::new(&user.home)) {
+        if st.is_dir && st.mode & 0o022 != 0 {
+            notes.push(format!("home {} is group/world-writable: sshd StrictModes ignores its keys", user.home));
+        }
+    }
+    notes.extend(relabel(sys, &relabel_paths));
+    let mut detail = written.join(", ");
     if rejected > 0 {
         detail.push_str(&format!(", {rejected} invalid key(s) skipped"));
+    }
+    if !refused.is_empty() {
+        detail.push_str(&format!(", refused path(s): {}", refused.join("; ")));
+    }
+    for n in notes {
+        detail.push_str("; ");
+        detail.push_str(&n);
     }
     Outcome::Done(detail)
 }

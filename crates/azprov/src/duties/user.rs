@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{excerpt, find_passwd, group_exists, Outcome, Passwd};
+use crate::config::{GroupClash, UserDuty};
 use crate::report::Failure;
 use crate::system::{Command, System};
 
@@ -34,14 +35,48 @@ pub fn lookup(sys: &dyn System, name: &str) -> Option<Passwd> {
     find_passwd(&text, name)
 }
 
-/// Ensure the admin user exists; returns its passwd entry and what was done.
+/// `UID_MIN` from the target's `/etc/login.defs` (1000 when absent or unreadable).
+pub fn uid_min(sys: &dyn System) -> u32 {
+    let text = sys.read_to_string(Path::new("/etc/login.defs")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("UID_MIN")).then(|| w.next()?.parse().ok()).flatten()
+        })
+        .last()
+        .unwrap_or(1000)
+}
+
+/// [`ensure_with`] under the default policy (join a clashing group; refuse system accounts).
 pub fn ensure(sys: &dyn System, name: &str, groups: &[String]) -> (Option<Passwd>, Outcome) {
+    let policy = UserDuty { groups: groups.to_vec(), ..UserDuty::default() };
+    ensure_with(sys, name, &policy)
+}
+
+/// Ensure the admin user exists; returns its passwd entry and what was done. An existing account is adopted
+/// (never recreated) unless it is a system account (uid < `UID_MIN`) and `allow_system_user` is off. A group
+/// named like a new user is joined (`useradd -g`) or, with `on_group_clash = "fail"`, a failure.
+pub fn ensure_with(sys: &dyn System, name: &str, policy: &UserDuty) -> (Option<Passwd>, Outcome) {
     if let Err(f) = validate_name(name) {
         return (None, Outcome::Failed(f));
     }
     if let Some(p) = lookup(sys, name) {
+        let min = uid_min(sys);
+        if p.uid < min && !policy.allow_system_user {
+            return (
+                None,
+                Outcome::Failed(
+                    Failure::new("refusing to modify a system account")
+                        .with("username", name)
+                        .with("uid", p.uid)
+                        .with("uid_min", min)
+                        .with("detail", "set duties.user.allow_system_user = true to allow it"),
+                ),
+            );
+        }
         return (Some(p), Outcome::Done(format!("adopted existing user {name}")));
     }
+    let groups = &policy.groups;
     let group_text = sys.read_to_string(Path::new("/etc/group")).unwrap_or_default();
     let mut args: Vec<String> = vec!["-m".into()];
     let extra: Vec<&str> = groups.iter().map(|g| g.as_str()).filter(|g| group_exists(&group_text, g)).collect();
@@ -51,6 +86,16 @@ pub fn ensure(sys: &dyn System, name: &str, groups: &[String]) -> (Option<Passwd
     }
     // A group named like the user (e.g. `video`) makes useradd exit 9 under USERGROUPS_ENAB: join it instead.
     if group_exists(&group_text, name) {
+        if policy.on_group_clash == GroupClash::Fail {
+            return (
+                None,
+                Outcome::Failed(
+                    Failure::new("user name clashes with an existing group")
+                        .with("username", name)
+                        .with("detail", "duties.user.on_group_clash = \"fail\""),
+                ),
+            );
+        }
         args.push("-g".into());
         args.push(name.into());
     }
