@@ -98,13 +98,29 @@ pub fn identity(ovf: Option<&Environment>, imds: Option<&Instance>) -> Identity 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "duty", rename_all = "snake_case")]
 pub enum Action {
-    Hostname { name: String },
-    User { name: String, groups: Vec<String> },
-    Password { user: String, set: bool },
+    Hostname {
+        name: String,
+    },
+    User {
+        name: String,
+        groups: Vec<String>,
+    },
+    Password {
+        user: String,
+        set: bool,
+    },
     /// Each key with the platform's path for it (the key of the step changes when a key or a path changes).
-    SshKeys { user: String, keys: Vec<SshKey> },
-    Sshd { password_authentication: bool },
-    Sudo { user: String, password_set: bool },
+    SshKeys {
+        user: String,
+        keys: Vec<SshKey>,
+    },
+    Sshd {
+        password_authentication: bool,
+    },
+    Sudo {
+        user: String,
+        password_set: bool,
+    },
 }
 
 impl Action {
@@ -228,7 +244,10 @@ mod tests {
     fn ovf_alone_and_password_rules() {
         let id = identity(Some(&ovf()), None);
         assert_eq!(id.username.as_deref(), Some("ovfuser"));
-        assert_eq!(id.ssh_keys, vec![SshKey::new("ssh-ed25519 AAAA ovf", Some("/home/ovfuser/.ssh/authorized_keys".into()))]);
+        assert_eq!(
+            id.ssh_keys,
+            vec![SshKey::new("ssh-ed25519 AAAA ovf", Some("/home/ovfuser/.ssh/authorized_keys".into()))]
+        );
         assert_eq!(id.notes.len(), 1);
         let mut i = imds();
         i.disable_password_authentication = Some(true);

@@ -414,4 +414,346 @@ mod tests {
         assert_eq!(added, 1);
         assert_eq!(text, format!("no-newline-line\n{}\n", ed_line("new-comment")));
     }
+
+    use crate::system::record::RecordingSystem;
+    use crate::system::CommandOutput;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::process::Command as Proc;
+
+    struct Sandbox {
+        dir: tempfile::TempDir,
+        sys: RecordingSystem,
+        user: Passwd,
+    }
+
+    impl Sandbox {
+        fn new() -> Sandbox {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("home/azureuser")).unwrap();
+            std::fs::set_permissions(dir.path().join("home/azureuser"), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+            // the test's own ids: chown works without root
+            let md = std::fs::metadata(dir.path()).unwrap();
+            let user = Passwd {
+                name: "azureuser".into(),
+                uid: md.uid(),
+                gid: md.gid(),
+                home: "/home/azureuser".into(),
+                shell: "/bin/sh".into(),
+            };
+            let sys = RecordingSystem::new(dir.path());
+            Sandbox { dir, sys, user }
+        }
+        fn p(&self, rel: &str) -> PathBuf {
+            self.dir.path().join(rel.trim_start_matches('/'))
+        }
+        fn write(&self, rel: &str, text: &str) {
+            let p = self.p(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        fn read(&self, rel: &str) -> String {
+            std::fs::read_to_string(self.p(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+        }
+        fn mode(&self, rel: &str) -> u32 {
+            std::fs::metadata(self.p(rel)).unwrap().permissions().mode() & 0o7777
+        }
+        fn install(&self, keys: &[SshKey]) -> Outcome {
+            install(&self.sys, &self.user, keys)
+        }
+    }
+
+    fn key(line: &str) -> SshKey {
+        SshKey::new(line, None)
+    }
+
+    fn at(line: &str, path: &str) -> SshKey {
+        SshKey::new(line, Some(path.into()))
+    }
+
+    /// `ssh-keygen` a key (`bits` for rsa/ecdsa); returns the public line.
+    fn keygen(dir: &Path, name: &str, kind: &str, bits: Option<&str>) -> Option<String> {
+        let mut c = Proc::new("ssh-keygen");
+        c.args(["-q", "-N", "", "-t", kind, "-C", name, "-f"]).arg(dir.join(name));
+        if let Some(b) = bits {
+            c.args(["-b", b]);
+        }
+        let ok = c.output().ok()?.status.success();
+        ok.then(|| std::fs::read_to_string(dir.join(format!("{name}.pub"))).ok()).flatten()
+    }
+
+    fn ssh_string(b: &[u8]) -> Vec<u8> {
+        let mut v = (b.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(b);
+        v
+    }
+
+    fn b64(b: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(b)
+    }
+
+    /// `ssh-keygen -l` on a file: one fingerprint line per key it accepts.
+    fn fingerprints(path: &Path) -> Vec<String> {
+        let out = Proc::new("ssh-keygen").arg("-l").arg("-f").arg(path).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| l.to_string()).collect()
+    }
+
+    #[test]
+    fn every_openssh_key_form_is_installed_and_readable_by_ssh_keygen() {
+        let sb = Sandbox::new();
+        let kd = tempfile::tempdir().unwrap();
+        let d = kd.path();
+        let mut lines = Vec::new();
+        for (name, kind, bits) in [
+            ("rsa", "rsa", Some("1024")),
+            ("e256", "ecdsa", Some("256")),
+            ("e384", "ecdsa", Some("384")),
+            ("e521", "ecdsa", Some("521")),
+            ("ed", "ed25519", None),
+            ("ca", "ed25519", None),
+        ] {
+            lines.push(keygen(d, name, kind, bits).expect("ssh-keygen is installed"));
+        }
+        let ca_line = lines.pop().unwrap();
+        // certificates for two of them
+        for k in ["ed", "e256"] {
+            let st = Proc::new("ssh-keygen")
+                .args(["-q", "-s"])
+                .arg(d.join("ca"))
+                .args(["-I", "azprov-test", "-n", "azureuser"])
+                .arg(d.join(format!("{k}.pub")))
+                .status()
+                .unwrap();
+            assert!(st.success());
+            lines.push(std::fs::read_to_string(d.join(format!("{k}-cert.pub"))).unwrap());
+        }
+        assert!(lines[lines.len() - 2].starts_with("ssh-ed25519-cert-v01@openssh.com "));
+        assert!(lines[lines.len() - 1].starts_with("ecdsa-sha2-nistp256-cert-v01@openssh.com "));
+        // DSA where this ssh-keygen still makes it
+        if let Some(dsa) = keygen(d, "dsa", "dsa", None) {
+            lines.push(dsa);
+        }
+        // security keys cannot be generated without a token: build their blobs (the curve point from e256)
+        let raw = |l: &str| base64::engine::general_purpose::STANDARD.decode(l.split_whitespace().nth(1).unwrap());
+        let mut sk_ed = ssh_string(b"sk-ssh-ed25519@openssh.com");
+        sk_ed.extend(ssh_string(&raw(&lines[4]).unwrap()[19..51]));
+        sk_ed.extend(ssh_string(b"ssh:"));
+        lines.push(format!("sk-ssh-ed25519@openssh.com {} yubikey", b64(&sk_ed)));
+        let e256 = raw(&lines[1]).unwrap();
+        let q = &e256[e256.len() - 65..];
+        let mut sk_ec = ssh_string(b"sk-ecdsa-sha2-nistp256@openssh.com");
+        sk_ec.extend(ssh_string(b"nistp256"));
+        sk_ec.extend(ssh_string(q));
+        sk_ec.extend(ssh_string(b"ssh:"));
+        lines.push(format!("no-touch-required sk-ecdsa-sha2-nistp256@openssh.com {} token", b64(&sk_ec)));
+        // CRLF (the portal's keys), stray whitespace, options with quoted spaces
+        let mut keys: Vec<SshKey> = lines.iter().map(|l| key(&format!("  {}\r\n", l.trim()))).collect();
+        keys[0] = key(&format!("from=\"10.0.0.0/8\",command=\"echo a b\" {}\r\n", lines[0].trim()));
+        assert!(!ca_line.is_empty());
+
+        let out = sb.install(&keys);
+        assert!(matches!(&out, Outcome::Done(d) if d.contains(&format!("{} key(s) added", keys.len()))), "{out:?}");
+        let ak = sb.read("/home/azureuser/.ssh/authorized_keys");
+        assert_eq!(ak.lines().count(), keys.len(), "{ak}");
+        assert!(!ak.contains('\r'));
+        assert!(ak.lines().all(|l| l == l.trim()));
+        assert!(ak.starts_with("from=\"10.0.0.0/8\",command=\"echo a b\" ssh-rsa "));
+        assert_eq!(sb.mode("/home/azureuser/.ssh/authorized_keys"), 0o600);
+        assert_eq!(sb.mode("/home/azureuser/.ssh"), 0o700);
+        // OpenSSH itself reads every line (types, blobs, certificates, options)
+        let fps = fingerprints(&sb.p("/home/azureuser/.ssh/authorized_keys"));
+        assert_eq!(fps.len(), keys.len(), "{fps:?}");
+        assert!(fps.iter().any(|l| l.ends_with("(ED25519-SK)")), "{fps:?}");
+        assert!(fps.iter().any(|l| l.ends_with("(ECDSA-SK)")), "{fps:?}");
+        assert!(fps.iter().any(|l| l.ends_with("(ED25519-CERT)")), "{fps:?}");
+        // a second run adds nothing and keeps the file as it was
+        let out = sb.install(&keys);
+        assert!(matches!(&out, Outcome::Done(d) if d.starts_with("0 key(s) added")), "{out:?}");
+        assert_eq!(sb.read("/home/azureuser/.ssh/authorized_keys"), ak);
+    }
+
+    #[test]
+    fn existing_lines_kept_duplicates_dropped_invalid_skipped() {
+        let sb = Sandbox::new();
+        let existing = format!("# managed by hand\nrestrict {}\n", ed_line("mine"));
+        sb.write("/home/azureuser/.ssh/authorized_keys", &existing);
+        let other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGr5fhwHBqAEMnGzYHNmFhgQ2d3M6kRrJpXSM8lX8y4u other";
+        let out = sb.install(&[
+            key(&ed_line("platform-comment")),
+            key(other),
+            key(&format!("{other}\r\n")),
+            key("ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIGr5fhwHBqAEMnGzYHNmFhgQ2d3M6kRrJpXSM8lX8y4u type-mismatch"),
+        ]);
+        assert!(matches!(&out, Outcome::Done(d) if d.contains("1 key(s) added") && d.contains("1 invalid")), "{out:?}");
+        assert_eq!(sb.read("/home/azureuser/.ssh/authorized_keys"), format!("{existing}{other}\n"));
+    }
+
+    fn user_at(home: &str) -> Passwd {
+        Passwd { name: "azureuser".into(), uid: 1000, gid: 1000, home: home.into(), shell: "/bin/sh".into() }
+    }
+
+    #[test]
+    fn platform_paths_are_judged_against_the_passwd_home() {
+        let u = user_at("/home/azureuser");
+        let srv = user_at("/srv/azureuser");
+        let custom = |p: &str| Ok(Destination::Custom(PathBuf::from(p)));
+        assert_eq!(platform_destination("/home/azureuser/.ssh/authorized_keys", &u), Ok(Destination::Default));
+        assert_eq!(platform_destination("$HOME/azureuser/.ssh/authorized_keys", &u), Ok(Destination::Default));
+        assert_eq!(platform_destination("~/.ssh/authorized_keys", &u), Ok(Destination::Default));
+        assert_eq!(platform_destination("/home/azureuser//.ssh/./authorized_keys", &u), Ok(Destination::Default));
+        assert_eq!(platform_destination("", &u), Ok(Destination::Default));
+        // the API's /home/<user> means the passwd home
+        assert_eq!(platform_destination("/home/azureuser/.ssh/authorized_keys", &srv), Ok(Destination::Default));
+        assert_eq!(platform_destination("$HOME/azureuser/.ssh/extra", &srv), custom("/srv/azureuser/.ssh/extra"));
+        assert_eq!(platform_destination("/srv/azureuser/keys/ak", &srv), custom("/srv/azureuser/keys/ak"));
+        assert_eq!(platform_destination("~azureuser/k", &u), custom("/home/azureuser/k"));
+        let refused = |p: &str, u: &Passwd| platform_destination(p, u).unwrap_err();
+        assert!(refused("/home/azureuser/../root/.ssh/authorized_keys", &u).contains(".."));
+        assert!(refused("/home/azureuser/.ssh/../../x", &u).contains(".."));
+        assert!(refused("/root/.ssh/authorized_keys", &u).contains("outside"));
+        assert!(refused("/home/azureuserx/.ssh/authorized_keys", &u).contains("outside"));
+        assert!(refused("/home/azureuser", &u).contains("outside"));
+        assert!(refused("/etc/ssh/sshd_config", &u).contains("outside"));
+        assert!(refused(".ssh/authorized_keys", &u).contains("absolute"));
+        assert!(refused("$HOME/other/.ssh/authorized_keys", &u).contains("outside"));
+    }
+
+    #[test]
+    fn token_expansion() {
+        let u = user_at("/home/azureuser");
+        assert_eq!(
+            expand_tokens("%h/.ssh/authorized_keys2", &u).unwrap(),
+            Path::new("/home/azureuser/.ssh/authorized_keys2")
+        );
+        assert_eq!(expand_tokens(".ssh/%u.keys", &u).unwrap(), Path::new("/home/azureuser/.ssh/azureuser.keys"));
+        assert_eq!(expand_tokens("/etc/ssh/keys/%U", &u).unwrap(), Path::new("/etc/ssh/keys/1000"));
+        assert_eq!(expand_tokens("/k/100%%-%u", &u).unwrap(), Path::new("/k/100%-azureuser"));
+        assert!(expand_tokens("/k/%x", &u).is_err());
+        assert!(expand_tokens("/k/%", &u).is_err());
+    }
+
+    #[test]
+    fn traversal_and_outside_paths_are_refused_with_a_reason() {
+        let sb = Sandbox::new();
+        sb.write("/root/.ssh/authorized_keys", "");
+        let out = sb.install(&[
+            at(&ed_line("evil"), "/home/azureuser/../../root/.ssh/authorized_keys"),
+            at(&ed_line("evil2"), "/root/.ssh/authorized_keys"),
+        ]);
+        let Outcome::Failed(f) = out else { panic!("{out:?}") };
+        assert_eq!(f.reason, "failure to write authorized_keys");
+        let refused = f.supporting.iter().find(|(k, _)| k == "refused_paths").map(|(_, v)| v.clone()).unwrap();
+        assert!(refused.contains("contains '..'") && refused.contains("outside the home"), "{refused}");
+        assert_eq!(sb.read("/root/.ssh/authorized_keys"), "");
+        // with one good key the duty succeeds and records the refusal
+        let other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGr5fhwHBqAEMnGzYHNmFhgQ2d3M6kRrJpXSM8lX8y4u other";
+        let out = sb.install(&[
+            at(&ed_line("evil"), "/root/.ssh/authorized_keys"),
+            at(other, "/home/azureuser/.ssh/authorized_keys"),
+        ]);
+        assert!(
+            matches!(&out, Outcome::Done(d) if d.contains("refused path(s): /root/.ssh/authorized_keys: outside")),
+            "{out:?}"
+        );
+        assert_eq!(sb.read("/home/azureuser/.ssh/authorized_keys"), format!("{other}\n"));
+        assert_eq!(sb.read("/root/.ssh/authorized_keys"), "");
+    }
+
+    #[test]
+    fn custom_path_inside_home_is_honoured() {
+        let sb = Sandbox::new();
+        let out = sb.install(&[at(&ed_line("x"), "$HOME/azureuser/keys/sub/ak")]);
+        assert!(matches!(&out, Outcome::Done(d) if d.contains("/home/azureuser/keys/sub/ak")), "{out:?}");
+        assert_eq!(sb.read("/home/azureuser/keys/sub/ak"), format!("{}\n", ed_line("x")));
+        assert_eq!(sb.mode("/home/azureuser/keys"), 0o700);
+        assert_eq!(sb.mode("/home/azureuser/keys/sub/ak"), 0o600);
+        assert!(!sb.p("/home/azureuser/.ssh/authorized_keys").exists());
+    }
+
+    #[test]
+    fn symlinks_under_home_are_refused() {
+        // a symlinked .ssh (pointing elsewhere in the image)
+        let sb = Sandbox::new();
+        std::fs::create_dir_all(sb.p("/etc/elsewhere")).unwrap();
+        std::os::unix::fs::symlink(sb.p("/etc/elsewhere"), sb.p("/home/azureuser/.ssh")).unwrap();
+        let out = sb.install(&[key(&ed_line("x"))]);
+        let Outcome::Failed(f) = &out else { panic!("{out:?}") };
+        assert_eq!(f.reason, "failure to write authorized_keys");
+        assert!(f.to_string().contains("symlink"), "{f}");
+        assert!(!sb.p("/etc/elsewhere/authorized_keys").exists());
+        // a symlinked directory on a custom path
+        let sb = Sandbox::new();
+        std::fs::create_dir_all(sb.p("/etc/elsewhere")).unwrap();
+        std::os::unix::fs::symlink(sb.p("/etc/elsewhere"), sb.p("/home/azureuser/keys")).unwrap();
+        let out = sb.install(&[at(&ed_line("x"), "/home/azureuser/keys/ak")]);
+        assert!(matches!(&out, Outcome::Failed(f) if f.to_string().contains("symlink")), "{out:?}");
+        assert!(!sb.p("/etc/elsewhere/ak").exists());
+        // a symlinked authorized_keys
+        let sb = Sandbox::new();
+        sb.write("/etc/shadow-copy", "secret\n");
+        std::fs::create_dir_all(sb.p("/home/azureuser/.ssh")).unwrap();
+        std::os::unix::fs::symlink(sb.p("/etc/shadow-copy"), sb.p("/home/azureuser/.ssh/authorized_keys")).unwrap();
+        let out = sb.install(&[key(&ed_line("x"))]);
+        assert!(matches!(&out, Outcome::Failed(f) if f.to_string().contains("symlink")), "{out:?}");
+        assert_eq!(sb.read("/etc/shadow-copy"), "secret\n");
+    }
+
+    #[test]
+    fn authorized_keys_file_from_the_sshd_configuration() {
+        let sb = Sandbox::new();
+        sb.write(
+            "/etc/ssh/sshd_config",
+            "Include /etc/ssh/sshd_config.d/*.conf\nAuthorizedKeysFile .ssh/authorized_keys\nMatch User azureuser\n  AuthorizedKeysFile /nope\n",
+        );
+        sb.write(
+            "/etc/ssh/sshd_config.d/50-image.conf",
+            "AuthorizedKeysFile %h/.ssh/authorized_keys2 .ssh/authorized_keys\n",
+        );
+        // the platform's usual path means "the file sshd reads"
+        let out = sb.install(&[at(&ed_line("x"), "/home/azureuser/.ssh/authorized_keys")]);
+        assert!(matches!(&out, Outcome::Done(d) if d.contains("authorized_keys2")), "{out:?}");
+        assert_eq!(sb.read("/home/azureuser/.ssh/authorized_keys2"), format!("{}\n", ed_line("x")));
+        assert!(!sb.p("/home/azureuser/.ssh/authorized_keys").exists());
+        assert_eq!(sb.mode("/home/azureuser/.ssh"), 0o700);
+
+        // an administrator's file outside the home: written there, directory root's
+        let sb = Sandbox::new();
+        sb.write("/etc/ssh/sshd_config", "AuthorizedKeysFile /etc/ssh/keys/%u\n");
+        let out = sb.install(&[key(&ed_line("x"))]);
+        assert!(matches!(&out, Outcome::Done(d) if d.contains("/etc/ssh/keys/azureuser")), "{out:?}");
+        assert_eq!(sb.read("/etc/ssh/keys/azureuser"), format!("{}\n", ed_line("x")));
+        assert_eq!(sb.mode("/etc/ssh/keys/azureuser"), 0o600);
+
+        // `none`: keys still go to the default file, with a note
+        let sb = Sandbox::new();
+        sb.write("/etc/ssh/sshd_config", "AuthorizedKeysFile none\n");
+        let out = sb.install(&[key(&ed_line("x"))]);
+        assert!(matches!(&out, Outcome::Done(d) if d.contains("AuthorizedKeysFile none")), "{out:?}");
+        assert!(sb.p("/home/azureuser/.ssh/authorized_keys").exists());
+    }
+
+    #[test]
+    fn selinux_relabel_and_its_absence() {
+        let sb = Sandbox::new();
+        let out = sb.install(&[key(&ed_line("x"))]);
+        assert!(sb.sys.commands().is_empty(), "no SELinux, no restorecon");
+        assert!(matches!(&out, Outcome::Done(d) if !d.contains("restorecon")));
+
+        let sb = Sandbox::new();
+        sb.write("/sys/fs/selinux/enforce", "1");
+        sb.sys.script("restorecon", CommandOutput { status: Some(0), ..Default::default() });
+        let out = sb.install(&[key(&ed_line("x"))]);
+        assert!(matches!(&out, Outcome::Done(d) if d.contains("relabelled with restorecon")), "{out:?}");
+        let cmds = sb.sys.commands();
+        assert_eq!(cmds.len(), 1);
+        assert_eq!(cmds[0].display(), format!("restorecon -R {}", sb.p("/home/azureuser/.ssh").display()));
+
+        let sb = Sandbox::new();
+        sb.write("/sys/fs/selinux/enforce", "1");
+        sb.sys.uninstall("restorecon");
+        let out = sb.install(&[key(&ed_line("x"))]);
+        assert!(matches!(&out, Outcome::Done(d) if d.contains("restorecon is not installed")), "{out:?}");
+        assert!(sb.p("/home/azureuser/.ssh/authorized_keys").exists());
+    }
 }
