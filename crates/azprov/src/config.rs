@@ -407,6 +407,18 @@ mod tests {
     }
 
     #[test]
+    fn user_section() {
+        let c =
+            from_sources(&[src("a", "[duties.user]\non_group_clash = \"fail\"\nallow_system_user = true\n")], &no_env)
+                .unwrap();
+        assert_eq!(c.duties.user.on_group_clash, GroupClash::Fail);
+        assert!(c.duties.user.allow_system_user);
+        let d = Config::default();
+        assert_eq!((d.duties.user.on_group_clash, d.duties.user.allow_system_user), (GroupClash::Join, false));
+        assert!(from_sources(&[src("a", "[duties.user]\non_group_clash = \"rename\"\n")], &no_env).is_err());
+    }
+
+    #[test]
     fn host_keys_section() {
         let c = from_sources(&[], &no_env).unwrap();
         assert!(c.duties.host_keys.enabled);

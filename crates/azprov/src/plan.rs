@@ -281,6 +281,14 @@ mod tests {
         assert_eq!(p2.steps[0].skip.as_deref(), Some("already done for this VM id"));
         assert!(p2.steps[4].skip.as_deref().unwrap().contains("duties.sudo.enabled"));
 
+        // a key's platform path is part of the step
+        let keys = |path: &str| Action::SshKeys {
+            user: "u".into(),
+            keys: vec![SshKey::new("ssh-ed25519 AAAA", Some(path.into()))],
+        };
+        assert_ne!(keys("/home/u/.ssh/authorized_keys").key(), keys("/home/u/.ssh/other").key());
+        assert_eq!(keys("/home/u/.ssh/authorized_keys").key(), keys("/home/u/.ssh/authorized_keys").key());
+
         // a different host name is a different step
         let mut id3 = id.clone();
         id3.hostname = Some("other".into());

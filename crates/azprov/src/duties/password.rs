@@ -138,4 +138,52 @@ mod tests {
         assert!(stdin.starts_with("azureuser:$6$") && stdin.ends_with('\n'));
         assert!(!stdin.contains("Sup3r"));
     }
+
+    fn sandbox(sshd_config: Option<&str>) -> (tempfile::TempDir, crate::system::record::RecordingSystem) {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(text) = sshd_config {
+            std::fs::create_dir_all(dir.path().join("etc/ssh")).unwrap();
+            std::fs::write(dir.path().join("etc/ssh/sshd_config"), text).unwrap();
+        }
+        let sys = crate::system::record::RecordingSystem::new(dir.path());
+        for p in ["chpasswd", "usermod"] {
+            sys.script(p, crate::system::CommandOutput { status: Some(0), ..Default::default() });
+        }
+        (dir, sys)
+    }
+
+    fn stdin_of(sys: &crate::system::record::RecordingSystem) -> Vec<String> {
+        sys.commands()
+            .iter()
+            .map(|c| {
+                let stdin = c.stdin.as_ref().map(|s| String::from_utf8_lossy(s.expose()).to_string());
+                format!("{} <{}>", c.display(), stdin.unwrap_or_default())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn without_pam_the_lock_is_a_star() {
+        for config in ["UsePAM no\n", "Port 22\n", "Match User x\n  UsePAM yes\n"] {
+            for created in [true, false] {
+                let (d, sys) = sandbox(Some(config));
+                let out = apply(&sys, "azureuser", None, created);
+                assert!(matches!(&out, Outcome::Done(m) if m.contains("'*'")), "{out:?}");
+                let root = d.path().display().to_string();
+                assert_eq!(stdin_of(&sys), [format!("chpasswd --root {root} -e <azureuser:*\n>")], "{config}");
+            }
+        }
+    }
+
+    #[test]
+    fn with_pam_or_without_sshd_the_lock_is_a_bang() {
+        let (_d, sys) = sandbox(Some("Include /etc/ssh/sshd_config.d/*.conf\nUsePAM yes\n"));
+        assert!(matches!(apply(&sys, "azureuser", None, true), Outcome::Done(_)));
+        assert!(sys.commands().is_empty(), "useradd's `!` is kept");
+        for config in [Some("UsePAM yes\n"), None] {
+            let (d, sys) = sandbox(config);
+            assert!(matches!(apply(&sys, "azureuser", None, false), Outcome::Done(_)));
+            assert_eq!(stdin_of(&sys), [format!("usermod --root {} -L azureuser <>", d.path().display())]);
+        }
+    }
 }

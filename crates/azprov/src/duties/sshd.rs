@@ -392,4 +392,122 @@ mod tests {
         assert!(pa < match_at);
         assert_eq!(out.lines().filter(|l| l.starts_with("PasswordAuthentication")).count(), 1);
     }
+
+    use crate::system::record::RecordingSystem;
+
+    fn sandbox(files: &[(&str, &str)]) -> (tempfile::TempDir, RecordingSystem) {
+        let dir = tempfile::tempdir().unwrap();
+        for (rel, text) in files {
+            let p = dir.path().join(rel.trim_start_matches('/'));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("etc/ssh/sshd_config.d")).unwrap();
+        let sys = RecordingSystem::new(dir.path());
+        (dir, sys)
+    }
+
+    const MAIN_WITH_INCLUDE: &str =
+        "Include /etc/ssh/sshd_config.d/*.conf\nKbdInteractiveAuthentication no\nUsePAM yes\n";
+
+    #[test]
+    fn effective_reading_follows_sshd_rules() {
+        let (_d, sys) = sandbox(&[
+            (
+                "/etc/ssh/sshd_config",
+                "# PasswordAuthentication yes\nPort=2222\nInclude sshd_config.d/*.conf /etc/ssh/extra.conf\n\
+                 PasswordAuthentication yes\nMatch User bob\n  UsePAM no\n  PermitRootLogin yes\nMatch all\nX11Forwarding no # trailing\n",
+            ),
+            ("/etc/ssh/sshd_config.d/50-cloud-init.conf", "passwordauthentication no\nUsePAM yes\n"),
+            ("/etc/ssh/sshd_config.d/10-first.conf", "ChallengeResponseAuthentication yes\nMatch Address 10.0.0.0/8\n  UsePAM no\n"),
+            ("/etc/ssh/sshd_config.d/ignored.txt", "UsePAM no\n"),
+            ("/etc/ssh/extra.conf", "PermitRootLogin no\n"),
+        ]);
+        let eff = Effective::from_files(&sys).unwrap();
+        let get = |k: &str| eff.get(k).map(|s| (s.value.clone(), s.source.clone()));
+        assert_eq!(get("port"), Some(("2222".into(), MAIN.into())));
+        assert_eq!(
+            get("PasswordAuthentication"),
+            Some(("no".into(), "/etc/ssh/sshd_config.d/50-cloud-init.conf".into()))
+        );
+        assert_eq!(eff.get("KbdInteractiveAuthentication").unwrap().source, "/etc/ssh/sshd_config.d/10-first.conf");
+        assert_eq!(eff.get("usepam").unwrap().first(), "yes", "Match blocks are not applied");
+        assert_eq!(eff.get("PermitRootLogin").unwrap().first(), "no");
+        assert_eq!(eff.get("X11Forwarding").unwrap().value, "no", "after `Match all`, comment stripped");
+        assert!(Effective::from_files(&sandbox(&[]).1).is_none());
+    }
+
+    #[test]
+    fn sshd_t_output_is_read() {
+        let eff = Effective::from_sshd_t(
+            "port 22\npasswordauthentication no\nchallengeresponseauthentication no\nauthorizedkeysfile .ssh/authorized_keys .ssh/authorized_keys2\n",
+        );
+        assert_eq!(eff.get("KbdInteractiveAuthentication").unwrap().first(), "no");
+        assert_eq!(eff.get("AuthorizedKeysFile").unwrap().value, ".ssh/authorized_keys .ssh/authorized_keys2");
+        assert_eq!(eff.how, "sshd -T");
+    }
+
+    #[test]
+    fn drop_in_wins_over_later_files() {
+        let (dir, sys) = sandbox(&[
+            ("/etc/ssh/sshd_config", MAIN_WITH_INCLUDE),
+            ("/etc/ssh/sshd_config.d/50-cloud-init.conf", "PasswordAuthentication yes\n"),
+            ("/etc/ssh/sshd_config.d/60-cloudimg-settings.conf", "PasswordAuthentication no\n"),
+        ]);
+        let out = configure_for(&sys, &SshdDuty::default(), true, Some("azureuser"));
+        let Outcome::Done(d) = &out else { panic!("{out:?}") };
+        // the tool-absence rule: no sshd -T here, said so
+        assert!(d.contains("sshd -T not run"), "{d}");
+        let text = std::fs::read_to_string(dir.path().join("etc/ssh/sshd_config.d/01-azprov.conf")).unwrap();
+        assert!(text.contains("PasswordAuthentication yes\nKbdInteractiveAuthentication yes\n"));
+        let eff = Effective::from_files(&sys).unwrap();
+        assert_eq!(eff.get("PasswordAuthentication").unwrap().source, "/etc/ssh/sshd_config.d/01-azprov.conf");
+        assert_eq!(eff.get("KbdInteractiveAuthentication").unwrap().first(), "yes");
+        assert!(sys.commands().is_empty(), "nothing run on a sandbox (no reload, no sshd -T)");
+        // again: unchanged
+        let out = configure_for(&sys, &SshdDuty::default(), true, None);
+        assert!(matches!(&out, Outcome::Done(d) if d.contains("(unchanged)")), "{out:?}");
+    }
+
+    #[test]
+    fn an_earlier_setting_is_a_failure_naming_its_file() {
+        let (_d, sys) = sandbox(&[
+            ("/etc/ssh/sshd_config", MAIN_WITH_INCLUDE),
+            ("/etc/ssh/sshd_config.d/00-vendor.conf", "PasswordAuthentication yes\n"),
+        ]);
+        let out = configure(&sys, &SshdDuty::default(), false);
+        let Outcome::Failed(f) = &out else { panic!("{out:?}") };
+        assert_eq!(f.reason, "failure to configure sshd");
+        let text = f.to_string();
+        assert!(text.contains("00-vendor.conf") && text.contains("PasswordAuthentication"), "{text}");
+        // the same value earlier is fine
+        let (_d, sys) = sandbox(&[
+            ("/etc/ssh/sshd_config", MAIN_WITH_INCLUDE),
+            ("/etc/ssh/sshd_config.d/00-vendor.conf", "PasswordAuthentication no\n"),
+        ]);
+        assert!(matches!(configure(&sys, &SshdDuty::default(), false), Outcome::Done(_)));
+        // a directive in the main file before its Include
+        let (_d, sys) = sandbox(&[(
+            "/etc/ssh/sshd_config",
+            "KbdInteractiveAuthentication yes\nInclude /etc/ssh/sshd_config.d/*.conf\n",
+        )]);
+        let out = configure(&sys, &SshdDuty::default(), false);
+        assert!(
+            matches!(&out, Outcome::Failed(f) if f.to_string().contains("KbdInteractiveAuthentication")),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn main_file_without_include_is_edited_and_checked() {
+        let (dir, sys) = sandbox(&[(
+            "/etc/ssh/sshd_config",
+            "#PasswordAuthentication yes\nPasswordAuthentication yes\nMatch User x\n  PasswordAuthentication yes\n",
+        )]);
+        let out = configure(&sys, &SshdDuty::default(), false);
+        assert!(matches!(&out, Outcome::Done(d) if d.contains("in /etc/ssh/sshd_config")), "{out:?}");
+        assert!(!dir.path().join("etc/ssh/sshd_config.d/01-azprov.conf").exists());
+        let eff = Effective::from_files(&sys).unwrap();
+        assert_eq!(eff.get("PasswordAuthentication").unwrap().first(), "no");
+    }
 }

@@ -85,7 +85,8 @@ pub fn ensure_with(sys: &dyn System, name: &str, policy: &UserDuty) -> (Option<P
         args.push(extra.join(","));
     }
     // A group named like the user (e.g. `video`) makes useradd exit 9 under USERGROUPS_ENAB: join it instead.
-    if group_exists(&group_text, name) {
+    let clash = group_exists(&group_text, name);
+    if clash {
         if policy.on_group_clash == GroupClash::Fail {
             return (
                 None,
@@ -128,7 +129,8 @@ pub fn ensure_with(sys: &dyn System, name: &str, policy: &UserDuty) -> (Option<P
     }
     match lookup(sys, name) {
         Some(p) => {
-            let detail = format!("created user {name} (uid {}, home {})", p.uid, p.home);
+            let joined = if clash { format!(", joined the existing group {name}") } else { String::new() };
+            let detail = format!("created user {name} (uid {}, home {}{joined})", p.uid, p.home);
             (Some(p), Outcome::Done(detail))
         }
         None => fail(
@@ -150,5 +152,68 @@ mod tests {
             let f = validate_name(bad).unwrap_err();
             assert_eq!(f.reason, "invalid user name", "{bad}");
         }
+    }
+
+    use crate::system::record::RecordingSystem;
+    use crate::system::CommandOutput;
+
+    fn sandbox(passwd: &str, login_defs: Option<&str>) -> (tempfile::TempDir, RecordingSystem) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), passwd).unwrap();
+        std::fs::write(dir.path().join("etc/group"), "root:x:0:\nvideo:x:44:\nsudo:x:27:\n").unwrap();
+        if let Some(t) = login_defs {
+            std::fs::write(dir.path().join("etc/login.defs"), t).unwrap();
+        }
+        let sys = RecordingSystem::new(dir.path());
+        // useradd "fails" so that nothing is created: the argv is what the tests look at
+        sys.script("useradd", CommandOutput { status: Some(1), ..Default::default() });
+        (dir, sys)
+    }
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n\
+                          svc:x:600:600::/var/svc:/bin/sh\nazureuser:x:1500:1500::/srv/azureuser:/bin/sh\n";
+
+    #[test]
+    fn uid_min_from_login_defs() {
+        let (_d, sys) = sandbox(PASSWD, Some("# UID_MIN 5\nUID_MIN\t\t 500\nUID_MAX 60000\n"));
+        assert_eq!(uid_min(&sys), 500);
+        let (_d, sys) = sandbox(PASSWD, None);
+        assert_eq!(uid_min(&sys), 1000);
+    }
+
+    #[test]
+    fn existing_users_adopted_system_accounts_refused() {
+        let (_d, sys) = sandbox(PASSWD, None);
+        let (p, out) = ensure(&sys, "azureuser", &[]);
+        assert_eq!(p.unwrap().home, "/srv/azureuser", "home from passwd");
+        assert_eq!(out, Outcome::Done("adopted existing user azureuser".into()));
+        for name in ["daemon", "svc", "root"] {
+            let (p, out) = ensure(&sys, name, &[]);
+            assert!(p.is_none());
+            let Outcome::Failed(f) = out else { panic!("{name}: {out:?}") };
+            assert_eq!(f.reason, "refusing to modify a system account");
+            assert!(f.to_string().contains("uid_min=1000") || f.to_string().contains("1000"), "{f}");
+        }
+        // UID_MIN 500 makes svc (600) a regular account; the switch allows system accounts
+        let (_d, sys) = sandbox(PASSWD, Some("UID_MIN 500\n"));
+        assert!(matches!(ensure(&sys, "svc", &[]).1, Outcome::Done(_)));
+        let policy = UserDuty { allow_system_user: true, ..UserDuty::default() };
+        assert!(matches!(ensure_with(&sys, "daemon", &policy).1, Outcome::Done(_)));
+        assert!(sys.commands().is_empty(), "nothing run for existing users");
+    }
+
+    #[test]
+    fn group_clash_joins_or_fails_as_configured() {
+        let (_d, sys) = sandbox(PASSWD, None);
+        let _ = ensure(&sys, "video", &["sudo".to_string(), "wheel".to_string()]);
+        let argv = sys.commands()[0].args.clone();
+        assert_eq!(&argv[..5], ["-m", "-G", "sudo", "-g", "video"], "only groups that exist; join the clash");
+        let (_d, sys) = sandbox(PASSWD, None);
+        let policy = UserDuty { on_group_clash: GroupClash::Fail, ..UserDuty::default() };
+        let (p, out) = ensure_with(&sys, "video", &policy);
+        assert!(p.is_none());
+        assert!(matches!(out, Outcome::Failed(f) if f.reason == "user name clashes with an existing group"));
+        assert!(sys.commands().is_empty(), "useradd not run");
     }
 }
