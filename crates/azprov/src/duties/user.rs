@@ -39,11 +39,12 @@ pub fn lookup(sys: &dyn System, name: &str) -> Option<Passwd> {
 pub fn uid_min(sys: &dyn System) -> u32 {
     let text = sys.read_to_string(Path::new("/etc/login.defs")).unwrap_or_default();
     text.lines()
+        .rev()
         .filter_map(|l| {
             let mut w = l.split_whitespace();
             (w.next() == Some("UID_MIN")).then(|| w.next()?.parse().ok()).flatten()
         })
-        .last()
+        .next()
         .unwrap_or(1000)
 }
 
