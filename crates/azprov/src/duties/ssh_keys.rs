@@ -206,21 +206,29 @@ pub fn expand_tokens(token: &str, user: &Passwd) -> Result<PathBuf, String> {
 /// `~/.ssh/authorized_keys`. The strings are notes for the outcome.
 pub fn authorized_keys_file(sys: &dyn System, user: &Passwd) -> (PathBuf, Vec<String>) {
     let default = Path::new(&user.home).join(".ssh/authorized_keys");
-    let (eff, _why) = super::sshd::effective(sys, Some(&user.name));
+    let (eff, why) = super::sshd::effective(sys, Some(&user.name));
+    // on the live system a failing or missing sshd is worth saying; under --root it is expected
+    let mut notes = Vec::new();
+    if sys.is_live() && !why.is_empty() {
+        notes.push(format!("{why}: AuthorizedKeysFile read from the configuration files"));
+    }
     let Some(setting) = eff.as_ref().and_then(|e| e.get("AuthorizedKeysFile")) else {
-        return (default, Vec::new());
+        return (default, notes);
     };
     let how = eff.as_ref().map(|e| e.how.clone()).unwrap_or_default();
     let Some(first) = setting.value.split_whitespace().next().map(|t| t.trim_matches('"')) else {
-        return (default, Vec::new());
+        return (default, notes);
     };
     if first.eq_ignore_ascii_case("none") {
-        let note = format!("AuthorizedKeysFile none ({how}): keys written to {} anyway", default.display());
-        return (default, vec![note]);
+        notes.push(format!("AuthorizedKeysFile none ({how}): keys written to {} anyway", default.display()));
+        return (default, notes);
     }
     match expand_tokens(first, user) {
-        Ok(p) => (p, Vec::new()),
-        Err(e) => (default, vec![format!("{e} ({how}): using the default file")]),
+        Ok(p) => (p, notes),
+        Err(e) => {
+            notes.push(format!("{e} ({how}): using the default file"));
+            (default, notes)
+        }
     }
 }
 
