@@ -177,12 +177,23 @@ pub struct UserDuty {
     pub enabled: bool,
     /// Supplementary groups for a new admin user; groups the image lacks are skipped.
     pub groups: Vec<String>,
+    /// A group named like the new user already exists (e.g. `video`): join it (`useradd -g`) or fail.
+    pub on_group_clash: GroupClash,
+    /// Allow adopting an existing account whose uid is below `UID_MIN` (`/etc/login.defs`).
+    pub allow_system_user: bool,
 }
 
 impl Default for UserDuty {
     fn default() -> Self {
-        UserDuty { enabled: true, groups: Vec::new() }
+        UserDuty { enabled: true, groups: Vec::new(), on_group_clash: GroupClash::Join, allow_system_user: false }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupClash {
+    Join,
+    Fail,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -480,6 +491,18 @@ mod tests {
         assert!(e.contains("x.toml") && e.contains("health_protocol"), "{e}");
         let e = from_sources(&[src("y.toml", "[kvp]\nenabled = \"yes\"\n")], &no_env).unwrap_err().to_string();
         assert!(e.contains("y.toml") && e.contains("enabled"), "{e}");
+    }
+
+    #[test]
+    fn user_section() {
+        let c =
+            from_sources(&[src("a", "[duties.user]\non_group_clash = \"fail\"\nallow_system_user = true\n")], &no_env)
+                .unwrap();
+        assert_eq!(c.duties.user.on_group_clash, GroupClash::Fail);
+        assert!(c.duties.user.allow_system_user);
+        let d = Config::default();
+        assert_eq!((d.duties.user.on_group_clash, d.duties.user.allow_system_user), (GroupClash::Join, false));
+        assert!(from_sources(&[src("a", "[duties.user]\non_group_clash = \"rename\"\n")], &no_env).is_err());
     }
 
     #[test]

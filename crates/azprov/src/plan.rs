@@ -19,13 +19,30 @@ pub enum Phase {
     AfterReady,
 }
 
+/// One SSH public key as the platform sent it, with the platform's target path (OVF `PublicKey/Path`, IMDS
+/// `publicKeys[].path`) when it gave one. Where the key finally goes depends on the passwd home and the effective
+/// sshd `AuthorizedKeysFile`, which the duty resolves (`duties::ssh_keys::install`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SshKey {
+    /// The OpenSSH line.
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+impl SshKey {
+    pub fn new(key: impl Into<String>, path: Option<String>) -> Self {
+        SshKey { key: key.into(), path }
+    }
+}
+
 /// The identity the platform asked for, merged from OVF and IMDS (IMDS wins, platform.md §4.4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Identity {
     pub hostname: Option<String>,
     pub username: Option<String>,
-    /// OpenSSH lines.
-    pub ssh_keys: Vec<String>,
+    /// OpenSSH lines with their platform target paths.
+    pub ssh_keys: Vec<SshKey>,
     /// A password came with the OVF (the value itself is never in the plan).
     pub password_provided: bool,
     /// `PasswordAuthentication yes` only with a provisioned password the platform allows.
@@ -46,15 +63,16 @@ pub fn identity(ovf: Option<&Environment>, imds: Option<&Instance>) -> Identity 
         .and_then(|i| i.computer_name.clone())
         .filter(|h| !h.is_empty())
         .or_else(|| ovf.map(|o| o.hostname.clone()).filter(|h| !h.is_empty()));
-    let imds_keys: Vec<String> =
-        imds.map(|i| i.public_keys.iter().map(|k| k.key_data.clone()).collect()).unwrap_or_default();
+    let imds_keys: Vec<SshKey> = imds
+        .map(|i| i.public_keys.iter().map(|k| SshKey::new(k.key_data.clone(), k.path.clone())).collect())
+        .unwrap_or_default();
     let ssh_keys = if !imds_keys.is_empty() {
         imds_keys
     } else {
         let mut keys = Vec::new();
         for k in ovf.map(|o| o.public_keys.as_slice()).unwrap_or(&[]) {
             match &k.value {
-                Some(v) if !v.trim().is_empty() => keys.push(v.clone()),
+                Some(v) if !v.trim().is_empty() => keys.push(SshKey::new(v.clone(), k.path.clone())),
                 _ => notes.push(format!(
                     "public key {} has no value (certificate-based keys are not handled by this step)",
                     k.fingerprint.as_deref().unwrap_or("?")
@@ -80,12 +98,29 @@ pub fn identity(ovf: Option<&Environment>, imds: Option<&Instance>) -> Identity 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "duty", rename_all = "snake_case")]
 pub enum Action {
-    Hostname { name: String },
-    User { name: String, groups: Vec<String> },
-    Password { user: String, set: bool },
-    SshKeys { user: String, keys: Vec<String> },
-    Sshd { password_authentication: bool },
-    Sudo { user: String, password_set: bool },
+    Hostname {
+        name: String,
+    },
+    User {
+        name: String,
+        groups: Vec<String>,
+    },
+    Password {
+        user: String,
+        set: bool,
+    },
+    /// Each key with the platform's path for it (the key of the step changes when a key or a path changes).
+    SshKeys {
+        user: String,
+        keys: Vec<SshKey>,
+    },
+    Sshd {
+        password_authentication: bool,
+    },
+    Sudo {
+        user: String,
+        password_set: bool,
+    },
 }
 
 impl Action {
@@ -173,7 +208,11 @@ mod tests {
             password: Some(Secret::new(b"pw".to_vec())),
             disable_ssh_password_authentication: Some(false),
             public_keys: vec![
-                PublicKey { fingerprint: None, path: None, value: Some("ssh-ed25519 AAAA ovf".into()) },
+                PublicKey {
+                    fingerprint: None,
+                    path: Some("/home/ovfuser/.ssh/authorized_keys".into()),
+                    value: Some("ssh-ed25519 AAAA ovf".into()),
+                },
                 PublicKey { fingerprint: Some("ABCD".into()), path: None, value: None },
             ],
             provision_guest_agent: true,
@@ -197,7 +236,7 @@ mod tests {
         let id = identity(Some(&ovf()), Some(&imds()));
         assert_eq!(id.username.as_deref(), Some("imdsuser"));
         assert_eq!(id.hostname.as_deref(), Some("imds-host"));
-        assert_eq!(id.ssh_keys, vec!["ssh-ed25519 BBBB imds"]);
+        assert_eq!(id.ssh_keys, vec![SshKey::new("ssh-ed25519 BBBB imds", None)]);
         assert!(id.password_authentication);
     }
 
@@ -205,7 +244,10 @@ mod tests {
     fn ovf_alone_and_password_rules() {
         let id = identity(Some(&ovf()), None);
         assert_eq!(id.username.as_deref(), Some("ovfuser"));
-        assert_eq!(id.ssh_keys, vec!["ssh-ed25519 AAAA ovf"]);
+        assert_eq!(
+            id.ssh_keys,
+            vec![SshKey::new("ssh-ed25519 AAAA ovf", Some("/home/ovfuser/.ssh/authorized_keys".into()))]
+        );
         assert_eq!(id.notes.len(), 1);
         let mut i = imds();
         i.disable_password_authentication = Some(true);
@@ -238,6 +280,14 @@ mod tests {
         let p2 = plan("vm", &id, &cfg2, &done, Phase::Local);
         assert_eq!(p2.steps[0].skip.as_deref(), Some("already done for this VM id"));
         assert!(p2.steps[4].skip.as_deref().unwrap().contains("duties.sudo.enabled"));
+
+        // a key's platform path is part of the step
+        let keys = |path: &str| Action::SshKeys {
+            user: "u".into(),
+            keys: vec![SshKey::new("ssh-ed25519 AAAA", Some(path.into()))],
+        };
+        assert_ne!(keys("/home/u/.ssh/authorized_keys").key(), keys("/home/u/.ssh/other").key());
+        assert_eq!(keys("/home/u/.ssh/authorized_keys").key(), keys("/home/u/.ssh/authorized_keys").key());
 
         // a different host name is a different step
         let mut id3 = id.clone();

@@ -65,7 +65,7 @@ pub fn install(
     let mut lines = Vec::new();
     for fp in public_keys {
         match find(certs, fp).and_then(|c| c.public_key_openssh.clone()) {
-            Some(line) => lines.push(line),
+            Some(key) => lines.push(crate::plan::SshKey { key, path: None }),
             None => {
                 return Outcome::Failed(
                     Failure::new("failure to find certificate for public key").with("fingerprint", fp),

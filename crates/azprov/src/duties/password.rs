@@ -70,7 +70,31 @@ impl Prehash {
     }
 }
 
+/// Whether sshd runs without PAM (`UsePAM no`, also OpenSSH's built-in default when the files say nothing). sshd
+/// then refuses even key logins for a `!`-locked account ("account is locked"), so we lock with `*`.
+/// No sshd configuration at all → `false`.
+pub fn sshd_without_pam(sys: &dyn System) -> bool {
+    let (eff, _) = super::sshd::effective(sys, None);
+    eff.is_some_and(|e| e.get("UsePAM").map(|s| s.first()).as_deref() != Some("yes"))
+}
+
+/// Feed `user:<value>` to `chpasswd -e` on stdin.
+fn chpasswd(sys: &dyn System, user: &str, value: &[u8]) -> Result<(), Failure> {
+    let mut line = Vec::with_capacity(user.len() + value.len() + 2);
+    line.extend_from_slice(user.as_bytes());
+    line.push(b':');
+    line.extend_from_slice(value);
+    line.push(b'\n');
+    let mut args = root_args(sys);
+    args.push("-e".into());
+    let cmd =
+        Command { program: "chpasswd".into(), args, stdin: Some(Secret::new(line)), timeout: Duration::from_secs(30) };
+    run(sys, cmd, "chpasswd -e")
+}
+
 /// Set (or lock) the password of `user`. `newly_created`: useradd already left the account locked.
+/// Without a password the account is locked: `!` (useradd's default, or `usermod -L`), or `*` written through
+/// `chpasswd -e` when sshd runs with `UsePAM no` (see [`sshd_without_pam`]).
 pub fn apply(sys: &dyn System, user: &str, password: Option<&Secret>, newly_created: bool) -> Outcome {
     apply_prehashed(sys, user, password, newly_created, None)
 }
@@ -84,6 +108,12 @@ pub fn apply_prehashed(
     prehash: Option<Prehash>,
 ) -> Outcome {
     let Some(pw) = password else {
+        if sshd_without_pam(sys) {
+            return match chpasswd(sys, user, b"*") {
+                Ok(()) => Outcome::Done(format!("no password provided: {user} locked with '*' (sshd UsePAM no)")),
+                Err(f) => Outcome::Failed(f),
+            };
+        }
         if newly_created {
             return Outcome::Done(format!("no password provided: {user} stays locked (useradd default)"));
         }
@@ -99,16 +129,7 @@ pub fn apply_prehashed(
         Ok(h) => h,
         Err(e) => return Outcome::Failed(Failure::new("failure to set password").with("exception", e)),
     };
-    let mut line = Vec::with_capacity(user.len() + hashed.len() + 2);
-    line.extend_from_slice(user.as_bytes());
-    line.push(b':');
-    line.extend_from_slice(hashed.expose());
-    line.push(b'\n');
-    let mut args = root_args(sys);
-    args.push("-e".into());
-    let cmd =
-        Command { program: "chpasswd".into(), args, stdin: Some(Secret::new(line)), timeout: Duration::from_secs(30) };
-    match run(sys, cmd, "chpasswd -e") {
+    match chpasswd(sys, user, hashed.expose()) {
         Ok(()) => Outcome::Done(format!("password set for {user} (sha512-crypt)")),
         Err(f) => Outcome::Failed(f),
     }
@@ -175,5 +196,53 @@ mod tests {
         let stdin = String::from_utf8(cmds[0].stdin.as_ref().unwrap().expose().to_vec()).unwrap();
         assert!(stdin.starts_with("azureuser:$6$") && stdin.ends_with('\n'));
         assert!(!stdin.contains("Sup3r"));
+    }
+
+    fn sandbox(sshd_config: Option<&str>) -> (tempfile::TempDir, crate::system::record::RecordingSystem) {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(text) = sshd_config {
+            std::fs::create_dir_all(dir.path().join("etc/ssh")).unwrap();
+            std::fs::write(dir.path().join("etc/ssh/sshd_config"), text).unwrap();
+        }
+        let sys = crate::system::record::RecordingSystem::new(dir.path());
+        for p in ["chpasswd", "usermod"] {
+            sys.script(p, crate::system::CommandOutput { status: Some(0), ..Default::default() });
+        }
+        (dir, sys)
+    }
+
+    fn stdin_of(sys: &crate::system::record::RecordingSystem) -> Vec<String> {
+        sys.commands()
+            .iter()
+            .map(|c| {
+                let stdin = c.stdin.as_ref().map(|s| String::from_utf8_lossy(s.expose()).to_string());
+                format!("{} <{}>", c.display(), stdin.unwrap_or_default())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn without_pam_the_lock_is_a_star() {
+        for config in ["UsePAM no\n", "Port 22\n", "Match User x\n  UsePAM yes\n"] {
+            for created in [true, false] {
+                let (d, sys) = sandbox(Some(config));
+                let out = apply(&sys, "azureuser", None, created);
+                assert!(matches!(&out, Outcome::Done(m) if m.contains("'*'")), "{out:?}");
+                let root = d.path().display().to_string();
+                assert_eq!(stdin_of(&sys), [format!("chpasswd --root {root} -e <azureuser:*\n>")], "{config}");
+            }
+        }
+    }
+
+    #[test]
+    fn with_pam_or_without_sshd_the_lock_is_a_bang() {
+        let (_d, sys) = sandbox(Some("Include /etc/ssh/sshd_config.d/*.conf\nUsePAM yes\n"));
+        assert!(matches!(apply(&sys, "azureuser", None, true), Outcome::Done(_)));
+        assert!(sys.commands().is_empty(), "useradd's `!` is kept");
+        for config in [Some("UsePAM yes\n"), None] {
+            let (d, sys) = sandbox(config);
+            assert!(matches!(apply(&sys, "azureuser", None, false), Outcome::Done(_)));
+            assert_eq!(stdin_of(&sys), [format!("usermod --root {} -L azureuser <>", d.path().display())]);
+        }
     }
 }

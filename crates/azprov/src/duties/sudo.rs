@@ -93,4 +93,23 @@ mod tests {
         // a user whose name is a prefix of another's keeps the other's line
         assert_eq!(merged("ab ALL=(ALL) ALL\n", "a", "a X"), "ab ALL=(ALL) ALL\na X\n");
     }
+
+    #[test]
+    fn tool_absence_skips_with_a_reason() {
+        // sudo not installed: nothing created
+        let dir = tempfile::tempdir().unwrap();
+        let sys = crate::system::record::RecordingSystem::new(dir.path());
+        let out = configure(&sys, &SudoDuty::default(), "azureuser", false);
+        assert!(matches!(&out, Outcome::Skipped(r) if r.contains("sudo not installed")), "{out:?}");
+        assert!(!dir.path().join("etc/sudoers").exists());
+        assert!(!dir.path().join("etc/sudoers.d").exists());
+        // sudo without visudo: written, with a note
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/sudoers"), "@includedir /etc/sudoers.d\n").unwrap();
+        sys.uninstall("visudo");
+        let out = configure(&sys, &SudoDuty::default(), "azureuser", false);
+        assert!(matches!(&out, Outcome::Done(d) if d.contains("visudo not installed")), "{out:?}");
+        let text = std::fs::read_to_string(dir.path().join("etc/sudoers.d/90-azprov")).unwrap();
+        assert_eq!(text, "azureuser ALL=(ALL) NOPASSWD: ALL\n");
+    }
 }
