@@ -205,7 +205,15 @@ impl<'a> Run<'a> {
         if !self.opts.dry_run && self.cfg.kvp.enabled && self.boot_epoch > 0 {
             let _ = self.sys.kvp_truncate_if_older(&self.cfg.kvp.pool_path, self.boot_epoch);
         }
+        if !self.opts.dry_run && self.opts.phase.local() {
+            // every boot: the Hyper-V seed helps whatever needs randomness next (host keys, TLS, …)
+            self.side_step("entropy", false, |sys, cfg| duties::entropy::feed(sys, &cfg.duties.entropy));
+        }
         if self.state.is_provisioned(&vm_id) {
+            self.progress = self.state.progress(&vm_id);
+            if !self.opts.dry_run {
+                self.every_boot_provisioned();
+            }
             let msg = format!("VM {vm_id} is already provisioned: no once-per-VM duty to run");
             tracing::info!("{msg}");
             return self.finish(exit::OK, RunResult::Success, None, true, msg);
@@ -246,6 +254,11 @@ impl<'a> Run<'a> {
                 let p = plan::plan(&self.vm_id, &id, self.cfg, &self.progress.done, Phase::Local);
                 if let Err(f) = self.execute(&p, env.as_ref()) {
                     return self.fail(f);
+                }
+                if let Some(e) = env.as_ref() {
+                    if let Err(f) = self.local_side_steps(e) {
+                        return self.fail(f);
+                    }
                 }
             }
             if !network {
@@ -313,7 +326,13 @@ impl<'a> Run<'a> {
         let fps = duties::host_keys::fingerprints(self.sys);
         if !fps.is_empty() {
             // users compare these with their first login; boot diagnostics shows the console
-            tracing::info!("\n{}", duties::host_keys::console_block(&fps));
+            let block = duties::host_keys::console_block(&fps);
+            tracing::info!("\n{block}");
+            if self.cfg.duties.serial_console.mirror {
+                for line in block.lines() {
+                    duties::serial_console::mirror(self.sys, line);
+                }
+            }
             if self.cfg.kvp.enabled {
                 let key =
                     format!("azprov|{}|host_keys|fingerprints|{}|{}", self.boot_epoch, self.vm_id, timeutil::uuid4());
@@ -501,7 +520,8 @@ impl<'a> Run<'a> {
                 }
                 Action::User { name, groups } => {
                     let existed = duties::user::lookup(self.sys, name).is_some();
-                    let (pw, o) = duties::user::ensure(self.sys, name, groups);
+                    let _ = groups; // carried in the plan for --dry-run; the duty reads the same list from config
+                    let (pw, o) = duties::user::ensure_with(self.sys, name, &self.cfg.duties.user);
                     user_created = !existed && pw.is_some();
                     user = pw;
                     o
@@ -521,9 +541,12 @@ impl<'a> Run<'a> {
                         ),
                     },
                 },
-                Action::Sshd { password_authentication } => {
-                    duties::sshd::configure(self.sys, &self.cfg.duties.sshd, *password_authentication)
-                }
+                Action::Sshd { password_authentication } => duties::sshd::configure_for(
+                    self.sys,
+                    &self.cfg.duties.sshd,
+                    *password_authentication,
+                    p.identity.username.as_deref(),
+                ),
                 Action::Sudo { user: u, password_set } => {
                     duties::sudo::configure(self.sys, &self.cfg.duties.sudo, u, *password_set)
                 }
@@ -583,9 +606,24 @@ impl<'a> Run<'a> {
         }
         let api = format!("IMDS answered (api-version {})", instance.api_version);
         self.record("imds", StepOutcome::Done, t, api);
-        if env.is_none() && instance.has_custom_data == Some(true) {
-            self.warn("IMDS says the VM has customData but no provisioning media was read: customData is lost");
+        if env.is_none() && instance.has_os_profile {
+            // the DVD is the only channel for customData: say so when IMDS knows there was some
+            let has = instance.has_custom_data;
+            if let Some(f) =
+                self.side_step("custom_data", true, |sys, cfg| duties::custom_data::persist(sys, cfg, None, has))
+            {
+                return self.fail(f);
+            }
         }
+        if instance.has_os_profile {
+            let ud = instance.user_data.clone();
+            self.side_step("user_data", true, |sys, cfg| {
+                duties::custom_data::persist_user_data(sys, cfg, ud.as_deref())
+            });
+        }
+        self.progress.primary_mac = instance.interfaces.first().map(|i| i.mac.clone());
+        self.routes();
+        self.save_progress();
         if env.is_none() && !instance.has_os_profile {
             // specialized disk: nothing to provision, only the report
             let t = self.clock.now();
@@ -684,6 +722,90 @@ impl<'a> Run<'a> {
             self.warn(&format!("cannot keep the transport certificate: {e}"));
         }
         Ok(t)
+    }
+
+    /// Run a duty that is not part of the identity plan: recorded as a step; with `once`, marked done for this VM
+    /// id (and skipped when it already is). A failure is returned for the caller to decide; most callers only log.
+    fn side_step(
+        &mut self,
+        name: &str,
+        once: bool,
+        f: impl FnOnce(&dyn System, &Config) -> Outcome,
+    ) -> Option<Failure> {
+        if once && self.progress.done.iter().any(|d| d == name) {
+            return None;
+        }
+        let t = self.clock.now();
+        match f(self.sys, self.cfg) {
+            Outcome::Done(d) => {
+                tracing::info!("{name}: {d}");
+                self.record(name, StepOutcome::Done, t, d);
+            }
+            Outcome::Skipped(d) => {
+                tracing::info!("{name}: skipped: {d}");
+                self.record(name, StepOutcome::Skipped, t, d);
+            }
+            Outcome::Failed(fail) => {
+                self.warn(&format!("{name}: {fail}"));
+                self.record(name, StepOutcome::Failed, t, fail.reason.clone());
+                return Some(fail);
+            }
+        }
+        if once {
+            self.progress.done.push(name.to_string());
+        }
+        None
+    }
+
+    /// Once per VM id, before the network: customData saved root-only, NIC names pinned, boot-loader checks.
+    fn local_side_steps(&mut self, env: &Environment) -> Result<(), Failure> {
+        let custom = env.custom_data.clone();
+        if let Some(f) = self
+            .side_step("custom_data", true, |sys, cfg| duties::custom_data::persist(sys, cfg, custom.as_ref(), None))
+        {
+            return Err(f);
+        }
+        if self.cfg.duties.nic_names.enabled {
+            self.side_step("nic_names", true, |sys, _| duties::nic_names::pin(sys));
+        }
+        self.side_step("numa", true, |sys, cfg| duties::numa::apply(sys, &cfg.duties.numa));
+        self.side_step("serial_console", true, |sys, cfg| {
+            duties::serial_console::apply(sys, &cfg.duties.serial_console)
+        });
+        self.save_progress();
+        Ok(())
+    }
+
+    /// Host routes to the wireserver and IMDS through the primary NIC (live systems; every boot).
+    fn routes(&mut self) {
+        if !self.cfg.duties.routes.enabled {
+            return;
+        }
+        let mac = self.progress.primary_mac.clone();
+        let url = self.wire_url();
+        let addr = url
+            .trim_start_matches("http://")
+            .split([':', '/'])
+            .next()
+            .and_then(|h| h.parse::<std::net::Ipv4Addr>().ok())
+            .unwrap_or(endpoint::DEFAULT_WIRESERVER);
+        let add_default = self.cfg.duties.routes.add_default_route;
+        self.side_step("routes", false, |sys, _| duties::routes::ensure(sys, mac.as_deref(), addr, add_default));
+    }
+
+    /// A later boot of a provisioned VM: only the every-boot duties.
+    fn every_boot_provisioned(&mut self) {
+        if self.opts.phase.network() {
+            self.routes();
+        }
+        if matches!(self.opts.phase, PhaseSel::AfterReady | PhaseSel::All) {
+            self.after_ready();
+        }
+    }
+
+    /// After Ready was accepted: customData / userData execution when configured (each runs once by itself).
+    fn after_ready(&mut self) {
+        self.side_step("custom_data_exec", false, duties::custom_data::execute_after_ready);
     }
 
     fn ctx(&self) -> ReportContext {
@@ -794,6 +916,10 @@ impl<'a> Run<'a> {
         }
         let ms = self.clock.now().duration_since(self.started).as_secs_f64() * 1000.0;
         let msg = format!("provisioned VM {}: Ready accepted after {ms:.1} ms", self.vm_id);
+        tracing::info!("{msg}");
+        if self.opts.phase == PhaseSel::All {
+            self.after_ready();
+        }
         self.finish(exit::OK, RunResult::Success, None, true, msg)
     }
 
@@ -830,6 +956,10 @@ impl<'a> Run<'a> {
         message: String,
     ) -> RunOutcome {
         self.finish_host_keys();
+        if self.cfg.duties.serial_console.mirror && !self.opts.dry_run {
+            // boot diagnostics shows the console: the outcome must be readable there when nothing reached Azure
+            duties::serial_console::mirror(self.sys, &message);
+        }
         let summary = RunSummary {
             vm_id: Some(self.vm_id.clone()).filter(|v| !v.is_empty()),
             result,

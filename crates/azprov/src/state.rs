@@ -50,6 +50,9 @@ pub struct RunSummary {
 pub struct VmProgress {
     pub vm_id: String,
     pub done: Vec<String>,
+    /// The primary NIC's MAC as IMDS gave it (for every-boot route checks without asking IMDS again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_mac: Option<String>,
 }
 
 pub struct State<'a> {
@@ -103,7 +106,7 @@ impl<'a> State<'a> {
             self.sys.read(&self.progress_path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
         match saved {
             Some(p) if crate::platform::identity::same_vm_id(&p.vm_id, vm_id) => p,
-            _ => VmProgress { vm_id: vm_id.to_string(), done: Vec::new() },
+            _ => VmProgress { vm_id: vm_id.to_string(), ..Default::default() },
         }
     }
 
