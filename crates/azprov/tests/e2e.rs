@@ -576,3 +576,46 @@ fn root_host_keys_regenerated_once_and_thumbprint_reported() {
     assert_eq!(exit_code(&env.provision(&[])), 0);
     assert_eq!(env.read("/etc/ssh/ssh_host_rsa_key"), rsa);
 }
+
+#[test]
+fn root_certificate_keys_installed_from_the_wireserver() {
+    if !can_run_as_root("root_certificate_keys_installed_from_the_wireserver") {
+        return;
+    }
+    let pair = azprov_sim::certs::SimCert::generate_rsa("keypair").unwrap().key_pair();
+    let public = azprov_sim::certs::SimCert::generate_rsa("pubkey").unwrap().public_key();
+    let vm = VmDefinition { certificates: vec![pair.clone(), public.clone()], ..vm() };
+    let env = setup(vm.clone(), Faults::none(), Dvd::Udf102);
+    let out = env.provision(&[]);
+    assert_eq!(exit_code(&out), 0);
+    assert!(env.sim.ready_reported());
+    let home = format!("/home/{}", vm.username);
+    assert_eq!(env.read(&format!("{home}/.ssh/id_rsa")), pair.key_pem.clone().unwrap());
+    assert_eq!(env.mode(&format!("{home}/.ssh/id_rsa")), 0o600);
+    assert_eq!(env.mode(&format!("{home}/.ssh/id_rsa.pub")), 0o644);
+    let keys = env.read(&format!("{home}/.ssh/authorized_keys"));
+    let want = public.ssh_public_key().unwrap().unwrap();
+    assert!(keys.contains(want.split_whitespace().nth(1).unwrap()), "{keys}");
+    // the transport key is gone after Ready
+    assert!(!file_exists(&env.path("/var/lib/azprov/transport.key")));
+    assert!(env.sim.requests().iter().any(|r| r.endpoint == "certificates"));
+}
+
+#[test]
+fn root_custom_data_saved_root_only_and_not_executed_by_default() {
+    if !can_run_as_root("root_custom_data_saved_root_only_and_not_executed_by_default") {
+        return;
+    }
+    let vm = vm();
+    let env = setup(vm.clone(), Faults::none(), Dvd::Udf102);
+    assert_eq!(exit_code(&env.provision(&[])), 0);
+    assert_eq!(env.read("/var/lib/azprov/custom_data"), vm.custom_data.clone().unwrap());
+    assert_eq!(env.mode("/var/lib/azprov/custom_data"), 0o600);
+    let status = env.status_json();
+    let steps = status["steps"].as_array().unwrap();
+    assert!(steps.iter().any(|s| s["name"] == "custom_data" && s["outcome"] == "done"));
+    assert!(steps.iter().any(|s| s["name"] == "custom_data_exec" && s["outcome"] == "skipped"));
+    // never in KVP
+    let kvp = std::fs::read(env.path("/var/lib/hyperv/.kvp_pool_1")).unwrap();
+    assert!(!String::from_utf8_lossy(&kvp).contains("echo hello"));
+}

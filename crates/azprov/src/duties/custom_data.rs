@@ -242,6 +242,10 @@ pub fn execute_after_ready(sys: &dyn System, cfg: &Config) -> Outcome {
             "execution disabled (duties.custom_data.execute = false, user_data is not \"execute\")".into(),
         );
     }
+    if !sys.is_live() {
+        // an offline image or sandbox: the script belongs to the VM, never to the machine running azprov
+        return Outcome::Skipped("not the running system: scripts run only on the provisioned VM itself".into());
+    }
     let mut ran = false;
     let notes: Vec<String> = wanted
         .into_iter()
@@ -358,6 +362,8 @@ mod tests {
     fn setup() -> (tempfile::TempDir, RecordingSystem, Config) {
         let dir = tempfile::tempdir().unwrap();
         let sys = RecordingSystem::new(dir.path());
+        // scripts run only on the running system; the double keeps every path in the sandbox
+        sys.pretend_live();
         (dir, sys, Config::default())
     }
 

@@ -16,6 +16,8 @@ use crate::platform::media::ReadAt;
 pub type EntropyCall = (Vec<u8>, u32);
 
 pub struct RecordingSystem {
+    /// Behave as the running system (`is_live`) while still keeping every path in the sandbox.
+    live: std::sync::atomic::AtomicBool,
     inner: RealSystem,
     commands: Mutex<Vec<Command>>,
     scripted: Mutex<HashMap<String, CommandOutput>>,
@@ -30,6 +32,7 @@ pub struct RecordingSystem {
 impl RecordingSystem {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         RecordingSystem {
+            live: std::sync::atomic::AtomicBool::new(false),
             inner: RealSystem::new(root),
             commands: Mutex::new(Vec::new()),
             scripted: Mutex::new(HashMap::new()),
@@ -49,6 +52,11 @@ impl RecordingSystem {
     pub fn entropy_added(&self) -> Vec<EntropyCall> {
         self.entropy.lock().ok().and_then(|e| e.clone()).unwrap_or_default()
     }
+    /// Make `is_live()` true (for duties that act only on the running system), paths still map into the sandbox.
+    pub fn pretend_live(&self) {
+        self.live.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Answer `program` with `output` instead of running it.
     pub fn script(&self, program: &str, output: CommandOutput) {
         if let Ok(mut m) = self.scripted.lock() {
@@ -84,6 +92,12 @@ impl RecordingSystem {
 impl System for RecordingSystem {
     fn root(&self) -> &Path {
         self.inner.root()
+    }
+    fn is_live(&self) -> bool {
+        self.live.load(std::sync::atomic::Ordering::SeqCst) || self.inner.is_live()
+    }
+    fn host_path(&self, path: &Path) -> PathBuf {
+        self.inner.host_path(path)
     }
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         self.inner.read(path)
