@@ -4,6 +4,8 @@
 pub mod host_keys;
 pub mod hostname;
 pub mod password;
+pub mod resource_disk;
+pub mod scsi_timeouts;
 pub mod ssh_keys;
 pub mod sshd;
 pub mod sudo;
