@@ -115,3 +115,69 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod rules_tests {
+    use std::collections::HashSet;
+
+    /// The shipped udev rules: well-formed `KEY op "value"` lists, every GOTO has its LABEL, and the SCSI timeout
+    /// rule is the one of platform.md §9.13 with the default value. (`udevadm verify` runs in the packaging VM.)
+    #[test]
+    fn udev_rules_are_well_formed() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../packaging/udev/66-azprov-storage.rules");
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut labels = HashSet::new();
+        let mut gotos = HashSet::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let mut rest = line;
+            while !rest.is_empty() {
+                let op_at = rest.find(['=', '!', '+', ':']).unwrap_or_else(|| panic!("line {}: no operator", n + 1));
+                let key = &rest[..op_at];
+                assert!(
+                    key.chars().all(|c| c.is_ascii_alphanumeric() || "{}_/".contains(c)),
+                    "line {}: key `{key}`",
+                    n + 1
+                );
+                let after = &rest[op_at..];
+                let op = ["==", "!=", "+=", ":=", "="].iter().find(|o| after.starts_with(**o)).unwrap();
+                let value_start = &after[op.len()..];
+                assert!(value_start.starts_with('"'), "line {}: value not quoted", n + 1);
+                let end = value_start[1..].find('"').unwrap_or_else(|| panic!("line {}: unterminated", n + 1));
+                let value = &value_start[1..1 + end];
+                match key {
+                    "LABEL" => {
+                        labels.insert(value.to_string());
+                    }
+                    "GOTO" => {
+                        gotos.insert(value.to_string());
+                    }
+                    _ => {}
+                }
+                rest = value_start[end + 2..].trim_start();
+                if let Some(r) = rest.strip_prefix(',') {
+                    rest = r.trim_start();
+                } else {
+                    assert!(rest.is_empty(), "line {}: junk `{rest}`", n + 1);
+                }
+            }
+        }
+        assert!(gotos.is_subset(&labels), "GOTO without LABEL: {:?}", gotos.difference(&labels));
+        let want = format!(
+            "ACTION==\"add|change\", SUBSYSTEM==\"scsi\", ENV{{DEVTYPE}}==\"scsi_device\", ATTR{{type}}==\"0\", \
+             ATTR{{vendor}}==\"Msft*\", ATTR{{model}}==\"Virtual Disk*\", ATTR{{timeout}}=\"{}\"",
+            crate::config::ScsiTimeoutsDuty::default().scsi_timeout_secs
+        );
+        assert!(text.lines().any(|l| l == want), "SCSI timeout rule missing");
+        assert!(text.contains(&format!(
+            "ATTR{{queue/io_timeout}}=\"{}\"",
+            crate::config::ScsiTimeoutsDuty::default().nvme_io_timeout_ms
+        )));
+        for link in ["disk/azure/os", "disk/azure/resource", "disk/azure/data/by-lun/", "disk/azure/local/"] {
+            assert!(text.contains(link), "{link}");
+        }
+    }
+}
