@@ -43,6 +43,8 @@ impl Loop {
 
 impl Drop for Loop {
     fn drop(&mut self) {
+        // partitions added with BLKPG outlive the detach of a loop device without partscan: drop them first
+        let _ = Command::new("partx").arg("-d").arg(&self.0).output();
         let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
     }
 }

@@ -191,6 +191,9 @@ pub trait System: Send + Sync {
     /// Write `data` at `offset` of a block device opened `O_EXCL` (fails with `EBUSY` while the kernel uses the disk
     /// or one of its partitions: mounted, swap, RAID member), then fsync.
     fn block_write_at(&self, dev: &Path, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// `BLKFLSBUF`: write back and drop the device's page cache, so the next read sees what was written through
+    /// another node of the same disk (a partition has a cache of its own).
+    fn flush_buffers(&self, dev: &Path) -> io::Result<()>;
     /// `BLKRRPART`: ask the kernel to re-read the partition table.
     fn reread_partitions(&self, dev: &Path) -> io::Result<()>;
     /// `BLKPG_ADD_PARTITION` (what `partx -a` does), for kernels that did not create the node themselves.

@@ -97,6 +97,7 @@ const CDROMEJECT: rustix::ioctl::Opcode = 0x5309;
 const CDSL_CURRENT: usize = i32::MAX as usize;
 
 const BLKRRPART: rustix::ioctl::Opcode = 0x125f;
+const BLKFLSBUF: rustix::ioctl::Opcode = 0x1261;
 const BLKPG: rustix::ioctl::Opcode = 0x1269;
 const BLKPG_ADD_PARTITION: i32 = 1;
 const BLKPG_DEL_PARTITION: i32 = 2;
@@ -469,6 +470,13 @@ impl System for RealSystem {
         let file = OpenOptions::new().write(true).custom_flags(0o200).open(dev)?;
         file.write_all_at(data, offset)?;
         file.sync_all()
+    }
+
+    fn flush_buffers(&self, dev: &Path) -> io::Result<()> {
+        let file = OpenOptions::new().read(true).open(dev)?;
+        // SAFETY: BLKFLSBUF takes no argument.
+        unsafe { rustix::ioctl::ioctl(&file, IntIoctl { opcode: BLKFLSBUF, arg: 0 }) }?;
+        Ok(())
     }
 
     fn reread_partitions(&self, dev: &Path) -> io::Result<()> {

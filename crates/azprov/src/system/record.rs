@@ -123,6 +123,9 @@ impl System for RecordingSystem {
     fn block_write_at(&self, dev: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
         self.inner.block_write_at(dev, offset, data)
     }
+    fn flush_buffers(&self, dev: &Path) -> io::Result<()> {
+        self.inner.flush_buffers(dev)
+    }
     fn reread_partitions(&self, dev: &Path) -> io::Result<()> {
         self.inner.reread_partitions(dev)
     }

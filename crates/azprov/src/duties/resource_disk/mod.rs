@@ -239,13 +239,9 @@ pub fn run_every_boot(sys: &dyn System, cfg: &ResourceDiskDuty, opts: &RunOption
                 m.target.display()
             ));
         }
-        let part = info.partitions.iter().find(|p| p.dev == m.dev).map(|p| Partition {
-            number: p.number,
-            start: p.start,
-            len: p.len,
-        });
+        let node = info.partitions.iter().find(|p| p.dev == m.dev).map(|p| p.node.clone()).unwrap_or(disk.clone());
         notes.insert(0, format!("already mounted at {}", mp.display()));
-        return after_mount(sys, cfg, opts, &disk, &mp, part, false, &label, notes);
+        return after_mount(sys, cfg, opts, &node, &mp, false, &label, notes);
     }
     if let Some(m) = mounts.iter().find(|m| m.target == host_mp) {
         return Outcome::Skipped(format!(
@@ -265,6 +261,8 @@ pub fn run_every_boot(sys: &dyn System, cfg: &ResourceDiskDuty, opts: &RunOption
             return Outcome::Skipped(format!("{label} is in use as swap: left alone"));
         }
     }
+    // a partition node has a page cache of its own: drop the disk's, which may predate writes through a partition
+    let _ = sys.flush_buffers(&disk);
     let src = match sys.open_host_read(&disk) {
         Ok(s) => s,
         Err(e) => return fail("cannot read the disk", &disk, e),
@@ -274,7 +272,7 @@ pub fn run_every_boot(sys: &dyn System, cfg: &ResourceDiskDuty, opts: &RunOption
         Err(e) => return fail("cannot read the disk", &disk, e),
     };
     drop(src);
-    let (node, fstype, part, formatted) = match verdict {
+    let (node, fstype, formatted) = match verdict {
         Verdict::Encrypted(s) => {
             return Outcome::Skipped(format!("{label} is encrypted ({}): left alone, no swap", s.name()));
         }
@@ -288,7 +286,7 @@ pub fn run_every_boot(sys: &dyn System, cfg: &ResourceDiskDuty, opts: &RunOption
                 None => disk.clone(),
             };
             notes.push(format!("existing {} file system kept", fs.name()));
-            (node, fs.mount_type().unwrap_or("ext4").to_string(), partition, false)
+            (node, fs.mount_type().unwrap_or("ext4").to_string(), false)
         }
         v @ (Verdict::Blank | Verdict::FreshNtfs { .. }) => {
             let what = if v == Verdict::Blank { "blank disk" } else { "fresh platform NTFS volume" };
@@ -296,9 +294,9 @@ pub fn run_every_boot(sys: &dyn System, cfg: &ResourceDiskDuty, opts: &RunOption
                 return Outcome::Skipped(format!("{label}: {what}, but never_format is set; left alone"));
             }
             match format(sys, &disk, &info, cfg.filesystem) {
-                Ok((node, part)) => {
+                Ok(node) => {
                     notes.push(format!("{what} formatted {}", cfg.filesystem.name()));
-                    (node, cfg.filesystem.name().to_string(), Some(part), true)
+                    (node, cfg.filesystem.name().to_string(), true)
                 }
                 Err(o) => return o,
             }
@@ -311,16 +309,11 @@ pub fn run_every_boot(sys: &dyn System, cfg: &ResourceDiskDuty, opts: &RunOption
         return fail("mount failed", &node, e);
     }
     notes.push(format!("mounted at {}", mp.display()));
-    after_mount(sys, cfg, opts, &disk, &mp, part, formatted, &label, notes)
+    after_mount(sys, cfg, opts, &node, &mp, formatted, &label, notes)
 }
 
 /// Partition, wipe and format a disk that passed the safety rule. Returns the partition node.
-fn format(
-    sys: &dyn System,
-    disk: &Path,
-    info: &BlockInfo,
-    fs: DiskFilesystem,
-) -> Result<(PathBuf, Partition), Outcome> {
+fn format(sys: &dyn System, disk: &Path, info: &BlockInfo, fs: DiskFilesystem) -> Result<PathBuf, Outcome> {
     let mut guids = [0u8; 32];
     if let Err(e) = getrandom::getrandom(&mut guids) {
         return Err(fail("no randomness for the GPT", disk, e));
@@ -337,7 +330,7 @@ fn format(
         (gpt.tail_offset, gpt.tail.as_slice()),
     ];
     for (off, data) in writes {
-        if let Err(e) = sys.block_write_at(disk, off, data) {
+        if let Err(e) = write_retrying(sys, disk, off, data) {
             return Err(fail("cannot write the partition table", disk, e));
         }
     }
@@ -352,7 +345,7 @@ fn format(
     let mut cmd = cmd;
     cmd.timeout = Duration::from_secs(600);
     match sys.run(&cmd) {
-        Ok(out) if out.success() => Ok((node, gpt.partition)),
+        Ok(out) if out.success() => Ok(node),
         Ok(out) => Err(Outcome::Failed(
             Failure::new("resource disk: mkfs failed")
                 .with("command", cmd.display())
@@ -360,6 +353,20 @@ fn format(
                 .with("stderr", excerpt(&out.stderr)),
         )),
         Err(e) => Err(fail(&format!("{} not available", cmd.program), &node, e)),
+    }
+}
+
+/// `block_write_at`, retried for a few seconds while the disk is busy: the exclusive open also fails while a file
+/// system that was just unmounted is still being released, or a prober holds the disk for a moment.
+fn write_retrying(sys: &dyn System, disk: &Path, off: u64, data: &[u8]) -> std::io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match sys.block_write_at(disk, off, data) {
+            Err(e) if e.raw_os_error() == Some(16) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            r => return r,
+        }
     }
 }
 
@@ -395,15 +402,15 @@ fn ensure_partition(sys: &dyn System, disk: &Path, part: Partition) -> Result<Pa
     Ok(node)
 }
 
-/// After the disk is mounted at `mp`: the warning file, the fstab line, the swap file.
+/// After the file system on `node` (a partition, or the whole disk) is mounted at `mp`: the warning file, the
+/// fstab line, the swap file.
 #[allow(clippy::too_many_arguments)]
 fn after_mount(
     sys: &dyn System,
     cfg: &ResourceDiskDuty,
     opts: &RunOptions,
-    disk: &Path,
+    node: &Path,
     mp: &Path,
-    part: Option<Partition>,
     formatted: bool,
     label: &str,
     mut notes: Vec<String>,
@@ -411,13 +418,13 @@ fn after_mount(
     let readme = mp.join(README);
     if sys.read(&readme).ok().as_deref() != Some(README_TEXT.as_bytes()) {
         if let Err(e) = sys.write_file(&readme, README_TEXT.as_bytes(), 0o644, None) {
-            return fail("cannot write the warning file", disk, e);
+            return fail("cannot write the warning file", node, e);
         }
     }
     if opts.no_persist || !cfg.persist {
         notes.push("fstab left alone".into());
     } else {
-        match persist(sys, disk, mp, part) {
+        match persist(sys, node, mp) {
             Ok(n) => notes.push(n),
             Err(o) => return o,
         }
@@ -431,8 +438,9 @@ fn after_mount(
     Outcome::Done(format!("{label}: {}", notes.join("; ")))
 }
 
-fn persist(sys: &dyn System, disk: &Path, mp: &Path, part: Option<Partition>) -> Result<String, Outcome> {
-    let start = part.map(|p| p.start).unwrap_or(0);
+/// The fstab line, by the UUID read from the file system's own node (the one mkfs wrote through).
+fn persist(sys: &dyn System, disk: &Path, mp: &Path) -> Result<String, Outcome> {
+    let start = 0;
     let src = sys.open_host_read(disk).map_err(|e| fail("cannot read the disk", disk, e))?;
     let sig = layout::signature(src.as_ref(), start).map_err(|e| fail("cannot read the disk", disk, e))?;
     let Some(fstype) = sig.and_then(Signature::mount_type) else {

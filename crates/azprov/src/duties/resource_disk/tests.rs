@@ -137,6 +137,13 @@ impl Loop {
 
 impl Drop for Loop {
     fn drop(&mut self) {
+        // partitions added with BLKPG outlive the detach of a loop device without partscan: drop them first
+        let sys = RealSystem::new("/");
+        if let Ok(info) = sys.block_info(&self.dev) {
+            for p in info.partitions {
+                let _ = sys.delete_partition(&self.dev, p.number);
+            }
+        }
         let _ = std::process::Command::new("losetup").arg("-d").arg(&self.dev).status();
     }
 }
@@ -203,6 +210,14 @@ fn opts(l: &Loop) -> RunOptions {
 fn done(o: &Outcome) -> &str {
     match o {
         Outcome::Done(s) => s,
+        Outcome::Failed(f) if f.to_string().contains("busy") => {
+            let diag = std::process::Command::new("sh")
+                .arg("-c")
+                .arg("losetup -a; for d in /sys/block/loop*; do echo $d $(ls $d/holders) $(ls -d $d/loop*p* 2>/dev/null); done; grep -H -E ' (7|259):' /proc/[0-9]*/mountinfo | head; ls -l /proc/[0-9]*/fd 2>/dev/null | grep loop | head")
+                .output()
+                .unwrap();
+            panic!("{f}\n{}", String::from_utf8_lossy(&diag.stdout))
+        }
         other => panic!("expected Done, got {other:?}"),
     }
 }
