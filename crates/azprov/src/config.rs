@@ -117,6 +117,8 @@ pub struct Duties {
     pub sshd: SshdDuty,
     pub sudo: SudoDuty,
     pub host_keys: HostKeysDuty,
+    pub resource_disk: ResourceDiskDuty,
+    pub scsi_timeouts: ScsiTimeoutsDuty,
     pub routes: RoutesDuty,
     pub nic_names: Switch,
     pub custom_data: CustomDataDuty,
@@ -129,6 +131,8 @@ impl Default for Duties {
     fn default() -> Self {
         Duties {
             hostname: HostnameDuty::default(),
+            resource_disk: ResourceDiskDuty::default(),
+            scsi_timeouts: ScsiTimeoutsDuty::default(),
             user: UserDuty::default(),
             password: Switch { enabled: true },
             ssh_keys: Switch { enabled: true },
@@ -323,6 +327,72 @@ pub struct SerialConsoleDuty {
 impl Default for SerialConsoleDuty {
     fn default() -> Self {
         SerialConsoleDuty { enabled: true, fix_bootloader: false, mirror: true }
+    }
+}
+
+/// File system for a freshly formatted resource disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFilesystem {
+    Ext4,
+    Xfs,
+}
+
+impl DiskFilesystem {
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskFilesystem::Ext4 => "ext4",
+            DiskFilesystem::Xfs => "xfs",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourceDiskDuty {
+    /// Find, format (only when fresh from the platform), mount the temporary disk on every boot.
+    pub enabled: bool,
+    /// Where to mount it, or `auto`: `ResourceDisk.MountPoint` from the image's `/etc/waagent.conf`, else `/mnt`.
+    pub mount_point: String,
+    /// File system for a fresh disk (`ext4` or `xfs`); an existing Linux file system is mounted as it is.
+    pub filesystem: DiskFilesystem,
+    /// Never format: mount an existing Linux file system, leave anything else alone.
+    pub never_format: bool,
+    /// Swap file on the mounted disk in MiB (0 = none).
+    pub swap_size_mb: u64,
+    /// Several local NVMe temporary disks: stripe them (mdadm RAID0) instead of using the first one.
+    pub nvme_raid0: bool,
+    /// Persist the mount with an fstab line (`nofail`, short device timeout) so a boot without the agent mounts it.
+    pub persist: bool,
+}
+
+impl Default for ResourceDiskDuty {
+    fn default() -> Self {
+        ResourceDiskDuty {
+            enabled: true,
+            mount_point: "auto".into(),
+            filesystem: DiskFilesystem::Ext4,
+            never_format: false,
+            swap_size_mb: 0,
+            nvme_raid0: false,
+            persist: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScsiTimeoutsDuty {
+    pub enabled: bool,
+    /// SCSI command timeout of Azure (Msft Virtual Disk) disks, in seconds.
+    pub scsi_timeout_secs: u32,
+    /// I/O timeout of Azure remote NVMe disks, in milliseconds (only ever raised).
+    pub nvme_io_timeout_ms: u32,
+}
+
+impl Default for ScsiTimeoutsDuty {
+    fn default() -> Self {
+        ScsiTimeoutsDuty { enabled: true, scsi_timeout_secs: 300, nvme_io_timeout_ms: 240_000 }
     }
 }
 
@@ -582,6 +652,29 @@ mod tests {
         assert!(e.contains("d.toml") && e.contains("fix"), "{e}");
         let e = from_sources(&[src("e.toml", "[duties.numa]\noff = true\n")], &no_env).unwrap_err().to_string();
         assert!(e.contains("e.toml") && e.contains("off"), "{e}");
+    }
+
+    #[test]
+    fn resource_disk_section() {
+        let c = from_sources(&[], &no_env).unwrap();
+        let d = &c.duties.resource_disk;
+        assert!(d.enabled && d.persist && !d.never_format && !d.nvme_raid0);
+        assert_eq!((d.mount_point.as_str(), d.filesystem, d.swap_size_mb), ("auto", DiskFilesystem::Ext4, 0));
+        assert_eq!(c.duties.scsi_timeouts.scsi_timeout_secs, 300);
+        let t = "[duties.resource_disk]\nmount_point = \"/mnt/resource\"\nfilesystem = \"xfs\"\nswap_size_mb = 2048\n\
+                 never_format = true\n[duties.scsi_timeouts]\nscsi_timeout_secs = 180\n";
+        let c = from_sources(&[src("a.toml", t)], &no_env).unwrap();
+        let d = &c.duties.resource_disk;
+        assert_eq!(
+            (d.mount_point.as_str(), d.filesystem, d.swap_size_mb),
+            ("/mnt/resource", DiskFilesystem::Xfs, 2048)
+        );
+        assert!(d.never_format);
+        assert_eq!(c.duties.scsi_timeouts.scsi_timeout_secs, 180);
+        let e = from_sources(&[src("b.toml", "[duties.resource_disk]\nfilesystem = \"ntfs\"\n")], &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("b.toml") && e.contains("filesystem"), "{e}");
     }
 
     #[test]

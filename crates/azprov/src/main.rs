@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use azprov::config;
+use azprov::duties::{resource_disk, scsi_timeouts, Outcome};
 use azprov::platform::certificates::{self, TransportCert};
 use azprov::platform::{endpoint, media, ovf};
 use azprov::provision::{self, exit, Options, PhaseSel};
@@ -69,10 +70,39 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run one every-boot duty on its own (for admins and tests).
+    Run {
+        #[command(subcommand)]
+        duty: RunDuty,
+    },
     /// Parse platform inputs and print them as JSON (never secrets).
     Inspect {
         #[command(subcommand)]
         what: Inspect,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunDuty {
+    /// Find, check, format (only when fresh from the platform), mount the resource disk; swap file. Exits 0 when
+    /// the disk ends up mounted or was rightly left alone.
+    ResourceDisk {
+        #[command(flatten)]
+        common: Common,
+        /// Use this disk (host path of its device node) instead of finding it from sysfs.
+        #[arg(long, value_name = "PATH")]
+        device: Option<PathBuf>,
+        /// Mount here instead of the configured mount point.
+        #[arg(long, value_name = "DIR")]
+        mount_point: Option<PathBuf>,
+        /// Leave fstab alone.
+        #[arg(long)]
+        no_persist: bool,
+    },
+    /// Set the SCSI command timeout of Azure disks and the I/O timeout of Azure remote NVMe disks now.
+    ScsiTimeouts {
+        #[command(flatten)]
+        common: Common,
     },
 }
 
@@ -198,6 +228,50 @@ fn run() -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { duty } => {
+            init_logging();
+            let (common, name) = match &duty {
+                RunDuty::ResourceDisk { common, .. } => (common, "resource-disk"),
+                RunDuty::ScsiTimeouts { common } => (common, "scsi-timeouts"),
+            };
+            let sys = RealSystem::new(&common.root);
+            let cfg = match load_config(&sys, common) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let outcome = match &duty {
+                RunDuty::ResourceDisk { device, mount_point, no_persist, .. } => {
+                    let opts = resource_disk::RunOptions {
+                        device: device.clone(),
+                        mount_point: mount_point.clone(),
+                        no_persist: *no_persist,
+                    };
+                    // `run resource-disk` is an explicit request: it runs even when the boot duty is disabled
+                    let mut rd = cfg.duties.resource_disk.clone();
+                    rd.enabled = true;
+                    resource_disk::run_every_boot(&sys, &rd, &opts)
+                }
+                RunDuty::ScsiTimeouts { .. } => {
+                    let mut st = cfg.duties.scsi_timeouts.clone();
+                    st.enabled = true;
+                    scsi_timeouts::apply(&sys, &st)
+                }
+            };
+            Ok(match outcome {
+                Outcome::Done(what) => {
+                    println!("{name}: done: {what}");
+                    ExitCode::SUCCESS
+                }
+                Outcome::Skipped(why) => {
+                    println!("{name}: left alone: {why}");
+                    ExitCode::SUCCESS
+                }
+                Outcome::Failed(f) => {
+                    eprintln!("azprov: {name} failed: {f}");
+                    ExitCode::from(1)
+                }
+            })
         }
         Cmd::Inspect { what } => {
             let bytes = match &what {

@@ -132,6 +132,33 @@ pub struct NewIpv4Route {
     pub oif: u32,
 }
 
+/// A block device as the host kernel sees it (sysfs under the HOST `/sys`, never under the root).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockInfo {
+    /// Kernel name (`sdb`, `nvme0n1`, `loop3`).
+    pub name: String,
+    /// `major:minor`.
+    pub dev: (u32, u32),
+    /// Size in bytes.
+    pub size: u64,
+    /// Logical block (sector) size in bytes.
+    pub logical_block: u32,
+    /// Partitions the kernel knows (nodes exist under `/dev` when devtmpfs is mounted).
+    pub partitions: Vec<PartitionNode>,
+}
+
+/// One partition the kernel knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionNode {
+    pub number: u32,
+    /// Start and length in bytes.
+    pub start: u64,
+    pub len: u64,
+    /// Host path of the node (`/dev/sdb1`).
+    pub node: PathBuf,
+    pub dev: (u32, u32),
+}
+
 /// A held lock; released on drop.
 pub trait Lock: Send {}
 
@@ -227,6 +254,37 @@ pub trait System: Send + Sync {
 
     /// Exclusive, non-blocking lock on `path` (created 0600). `WouldBlock` when another process holds it.
     fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn Lock>>;
+
+    /// Block devices are host objects. The host path of the block device a target path (`/dev/sdb`, a
+    /// `/dev/disk/azure/resource` link) leads to, symlinks resolved.
+    fn resolve_device(&self, path: &Path) -> io::Result<PathBuf> {
+        std::fs::canonicalize(self.host_path(path))
+    }
+    /// Kernel facts about a block device (host path of its node).
+    fn block_info(&self, dev: &Path) -> io::Result<BlockInfo>;
+    /// Write `data` at `offset` of a block device opened `O_EXCL` (fails with `EBUSY` while the kernel uses the disk
+    /// or one of its partitions: mounted, swap, RAID member), then fsync.
+    fn block_write_at(&self, dev: &Path, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// `BLKFLSBUF`: write back and drop the device's page cache, so the next read sees what was written through
+    /// another node of the same disk (a partition has a cache of its own).
+    fn flush_buffers(&self, dev: &Path) -> io::Result<()>;
+    /// `BLKRRPART`: ask the kernel to re-read the partition table.
+    fn reread_partitions(&self, dev: &Path) -> io::Result<()>;
+    /// `BLKPG_ADD_PARTITION` (what `partx -a` does), for kernels that did not create the node themselves.
+    fn add_partition(&self, dev: &Path, number: u32, start: u64, len: u64) -> io::Result<()>;
+    /// `BLKPG_DEL_PARTITION`.
+    fn delete_partition(&self, dev: &Path, number: u32) -> io::Result<()>;
+    /// `mount(2)` of a host block device on a TARGET directory.
+    fn mount(&self, source: &Path, target: &Path, fstype: &str, options: &str) -> io::Result<()>;
+    /// The calling thread's `/proc/thread-self/mountinfo` (host facts: mounts are not under the root).
+    fn mountinfo(&self) -> io::Result<String>;
+    /// Host `/proc/swaps`.
+    fn swaps(&self) -> io::Result<String>;
+    /// Create a new file (`O_EXCL`, `mode` from creation) of `len` bytes: `fallocate`, or zeros where the file system
+    /// does not support it.
+    fn allocate_file(&self, path: &Path, len: u64, mode: u32) -> io::Result<()>;
+    /// Overwrite an existing file in place, without creating it (sysfs attributes).
+    fn write_attribute(&self, path: &Path, data: &[u8]) -> io::Result<()>;
 
     /// Seconds since the epoch when this boot started (`btime` in `/proc/stat` of the target).
     fn boot_time(&self) -> Option<i64> {

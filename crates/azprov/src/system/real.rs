@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use super::{CdromStatus, Command, CommandOutput, FileInfo, Ipv4Route, Lock, NewIpv4Route, System};
+use super::{
+    BlockInfo, CdromStatus, Command, CommandOutput, FileInfo, Ipv4Route, Lock, NewIpv4Route, PartitionNode, System,
+};
 use crate::platform::media::ReadAt;
 
 pub struct RealSystem {
@@ -136,6 +138,84 @@ unsafe impl rustix::ioctl::Ioctl for &mut AddEntropy {
 const CDROM_DRIVE_STATUS: rustix::ioctl::Opcode = 0x5326;
 const CDROMEJECT: rustix::ioctl::Opcode = 0x5309;
 const CDSL_CURRENT: usize = i32::MAX as usize;
+
+const BLKRRPART: rustix::ioctl::Opcode = 0x125f;
+const BLKFLSBUF: rustix::ioctl::Opcode = 0x1261;
+const BLKPG: rustix::ioctl::Opcode = 0x1269;
+const BLKPG_ADD_PARTITION: i32 = 1;
+const BLKPG_DEL_PARTITION: i32 = 2;
+
+/// `struct blkpg_partition` (linux/blkpg.h).
+#[repr(C)]
+struct BlkpgPartition {
+    start: i64,
+    length: i64,
+    pno: i32,
+    devname: [u8; 64],
+    volname: [u8; 64],
+}
+
+/// `struct blkpg_ioctl_arg`.
+#[repr(C)]
+struct BlkpgArg {
+    op: i32,
+    flags: i32,
+    datalen: i32,
+    data: *mut BlkpgPartition,
+}
+
+struct BlkpgIoctl<'a> {
+    arg: BlkpgArg,
+    _part: std::marker::PhantomData<&'a mut BlkpgPartition>,
+}
+
+unsafe impl rustix::ioctl::Ioctl for BlkpgIoctl<'_> {
+    type Output = ();
+    const IS_MUTATING: bool = false;
+    fn opcode(&self) -> rustix::ioctl::Opcode {
+        BLKPG
+    }
+    fn as_ptr(&mut self) -> *mut core::ffi::c_void {
+        (&mut self.arg) as *mut BlkpgArg as *mut core::ffi::c_void
+    }
+    unsafe fn output_from_ptr(
+        _out: rustix::ioctl::IoctlOutput,
+        _ptr: *mut core::ffi::c_void,
+    ) -> rustix::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn blkpg(dev: &Path, op: i32, number: u32, start: u64, len: u64) -> io::Result<()> {
+    let file = OpenOptions::new().read(true).open(dev)?;
+    let mut part = BlkpgPartition {
+        start: i64::try_from(start).map_err(io::Error::other)?,
+        length: i64::try_from(len).map_err(io::Error::other)?,
+        pno: i32::try_from(number).map_err(io::Error::other)?,
+        devname: [0; 64],
+        volname: [0; 64],
+    };
+    let arg = BlkpgArg {
+        op,
+        flags: 0,
+        datalen: std::mem::size_of::<BlkpgPartition>() as i32,
+        data: &mut part as *mut BlkpgPartition,
+    };
+    // SAFETY: BLKPG reads a blkpg_ioctl_arg whose data points at a blkpg_partition that outlives the call.
+    unsafe { rustix::ioctl::ioctl(&file, BlkpgIoctl { arg, _part: std::marker::PhantomData }) }?;
+    Ok(())
+}
+
+fn read_sys_u64(path: &Path) -> io::Result<u64> {
+    fs::read_to_string(path)?.trim().parse().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+fn read_sys_dev(path: &Path) -> io::Result<(u32, u32)> {
+    let text = fs::read_to_string(path)?;
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("bad device number in {}", path.display()));
+    let (maj, min) = text.trim().split_once(':').ok_or_else(bad)?;
+    Ok((maj.parse().map_err(|_| bad())?, min.parse().map_err(|_| bad())?))
+}
 
 struct FileLock {
     _file: File,
@@ -564,6 +644,132 @@ impl System for RealSystem {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    fn block_info(&self, dev: &Path) -> io::Result<BlockInfo> {
+        let name = dev
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| io::Error::other(format!("{} names no device", dev.display())))?;
+        let sys = Path::new("/sys/class/block").join(&name);
+        if sys.join("partition").exists() {
+            return Err(io::Error::other(format!("{} is a partition, not a disk", dev.display())));
+        }
+        let mut partitions = Vec::new();
+        for entry in fs::read_dir(&sys)?.filter_map(|e| e.ok()) {
+            let p = entry.path();
+            let child = entry.file_name().to_string_lossy().into_owned();
+            if !child.starts_with(&name) || !p.join("partition").exists() {
+                continue;
+            }
+            partitions.push(PartitionNode {
+                number: u32::try_from(read_sys_u64(&p.join("partition"))?).map_err(io::Error::other)?,
+                start: read_sys_u64(&p.join("start"))? * 512,
+                len: read_sys_u64(&p.join("size"))? * 512,
+                node: Path::new("/dev").join(&child),
+                dev: read_sys_dev(&p.join("dev"))?,
+            });
+        }
+        partitions.sort_by_key(|p| p.number);
+        Ok(BlockInfo {
+            dev: read_sys_dev(&sys.join("dev"))?,
+            size: read_sys_u64(&sys.join("size"))? * 512,
+            logical_block: read_sys_u64(&sys.join("queue/logical_block_size"))
+                .ok()
+                .and_then(|v| u32::try_from(v).ok())
+                .unwrap_or(512),
+            name,
+            partitions,
+        })
+    }
+
+    fn block_write_at(&self, dev: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
+        // O_EXCL on a block device: refused while mounted or otherwise claimed by the kernel
+        let file = OpenOptions::new().write(true).custom_flags(0o200).open(dev)?;
+        file.write_all_at(data, offset)?;
+        file.sync_all()
+    }
+
+    fn flush_buffers(&self, dev: &Path) -> io::Result<()> {
+        let file = OpenOptions::new().read(true).open(dev)?;
+        // SAFETY: BLKFLSBUF takes no argument.
+        unsafe { rustix::ioctl::ioctl(&file, IntIoctl { opcode: BLKFLSBUF, arg: 0 }) }?;
+        Ok(())
+    }
+
+    fn reread_partitions(&self, dev: &Path) -> io::Result<()> {
+        let file = OpenOptions::new().read(true).open(dev)?;
+        // SAFETY: BLKRRPART takes no argument.
+        unsafe { rustix::ioctl::ioctl(&file, IntIoctl { opcode: BLKRRPART, arg: 0 }) }?;
+        Ok(())
+    }
+
+    fn add_partition(&self, dev: &Path, number: u32, start: u64, len: u64) -> io::Result<()> {
+        blkpg(dev, BLKPG_ADD_PARTITION, number, start, len)
+    }
+
+    fn delete_partition(&self, dev: &Path, number: u32) -> io::Result<()> {
+        blkpg(dev, BLKPG_DEL_PARTITION, number, 0, 0)
+    }
+
+    fn mount(&self, source: &Path, target: &Path, fstype: &str, options: &str) -> io::Result<()> {
+        use rustix::mount::MountFlags;
+        let mut flags = MountFlags::empty();
+        let mut data = Vec::new();
+        for o in options.split(',').filter(|o| !o.is_empty() && *o != "defaults") {
+            match o {
+                "ro" => flags |= MountFlags::RDONLY,
+                "nosuid" => flags |= MountFlags::NOSUID,
+                "nodev" => flags |= MountFlags::NODEV,
+                "noexec" => flags |= MountFlags::NOEXEC,
+                "noatime" => flags |= MountFlags::NOATIME,
+                other => data.push(other),
+            }
+        }
+        let data = std::ffi::CString::new(data.join(",")).map_err(io::Error::other)?;
+        rustix::mount::mount(source, self.host_path(target), fstype, flags, data.as_c_str())?;
+        Ok(())
+    }
+
+    fn mountinfo(&self) -> io::Result<String> {
+        fs::read_to_string("/proc/thread-self/mountinfo").or_else(|_| fs::read_to_string("/proc/self/mountinfo"))
+    }
+
+    fn swaps(&self) -> io::Result<String> {
+        fs::read_to_string("/proc/swaps")
+    }
+
+    fn allocate_file(&self, path: &Path, len: u64, mode: u32) -> io::Result<()> {
+        let host = self.host_path(path);
+        let mut file =
+            OpenOptions::new().write(true).create_new(true).mode(mode).custom_flags(0o400_000).open(&host)?;
+        let result = (|| {
+            file.set_permissions(fs::Permissions::from_mode(mode))?;
+            match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, len) {
+                Ok(()) => {}
+                Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+                    let zeros = vec![0u8; 1 << 20];
+                    let mut left = len;
+                    while left > 0 {
+                        let n = left.min(zeros.len() as u64) as usize;
+                        file.write_all(&zeros[..n])?;
+                        left -= n as u64;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            file.sync_all()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&host);
+        }
+        result
+    }
+
+    fn write_attribute(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let mut file =
+            OpenOptions::new().write(true).truncate(true).custom_flags(0o400_000).open(self.host_path(path))?;
+        file.write_all(data)
     }
 
     fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn Lock>> {

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::{
-    CdromStatus, Command, CommandOutput, FileInfo, Ipv4Route, Lock, NewIpv4Route, NextHop, RealSystem, System,
-    RTN_UNICAST, RTPROT_BOOT, RT_TABLE_MAIN,
+    BlockInfo, CdromStatus, Command, CommandOutput, FileInfo, Ipv4Route, Lock, NewIpv4Route, NextHop, RealSystem,
+    System, RTN_UNICAST, RTPROT_BOOT, RT_TABLE_MAIN,
 };
 use crate::platform::media::ReadAt;
 
@@ -220,5 +220,38 @@ impl System for RecordingSystem {
     }
     fn lock_exclusive(&self, path: &Path) -> io::Result<Box<dyn Lock>> {
         self.inner.lock_exclusive(path)
+    }
+    fn block_info(&self, dev: &Path) -> io::Result<BlockInfo> {
+        self.inner.block_info(dev)
+    }
+    fn block_write_at(&self, dev: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.inner.block_write_at(dev, offset, data)
+    }
+    fn flush_buffers(&self, dev: &Path) -> io::Result<()> {
+        self.inner.flush_buffers(dev)
+    }
+    fn reread_partitions(&self, dev: &Path) -> io::Result<()> {
+        self.inner.reread_partitions(dev)
+    }
+    fn add_partition(&self, dev: &Path, number: u32, start: u64, len: u64) -> io::Result<()> {
+        self.inner.add_partition(dev, number, start, len)
+    }
+    fn delete_partition(&self, dev: &Path, number: u32) -> io::Result<()> {
+        self.inner.delete_partition(dev, number)
+    }
+    fn mount(&self, source: &Path, target: &Path, fstype: &str, options: &str) -> io::Result<()> {
+        self.inner.mount(source, target, fstype, options)
+    }
+    fn mountinfo(&self) -> io::Result<String> {
+        self.inner.mountinfo()
+    }
+    fn swaps(&self) -> io::Result<String> {
+        self.inner.swaps()
+    }
+    fn allocate_file(&self, path: &Path, len: u64, mode: u32) -> io::Result<()> {
+        self.inner.allocate_file(path, len, mode)
+    }
+    fn write_attribute(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        self.inner.write_attribute(path, data)
     }
 }
