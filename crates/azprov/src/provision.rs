@@ -208,6 +208,9 @@ impl<'a> Run<'a> {
         if !self.opts.dry_run && self.opts.phase.local() {
             // every boot: the Hyper-V seed helps whatever needs randomness next (host keys, TLS, …)
             self.side_step("entropy", false, |sys, cfg| duties::entropy::feed(sys, &cfg.duties.entropy));
+            self.side_step("scsi_timeouts", false, |sys, cfg| {
+                duties::scsi_timeouts::apply(sys, &cfg.duties.scsi_timeouts)
+            });
         }
         if self.state.is_provisioned(&vm_id) {
             self.progress = self.state.progress(&vm_id);
@@ -805,6 +808,10 @@ impl<'a> Run<'a> {
 
     /// After Ready was accepted: customData / userData execution when configured (each runs once by itself).
     fn after_ready(&mut self) {
+        // every boot; formatting a large disk must never delay Ready, so it runs only now
+        self.side_step("resource_disk", false, |sys, cfg| {
+            duties::resource_disk::run_every_boot(sys, &cfg.duties.resource_disk, &Default::default())
+        });
         self.side_step("custom_data_exec", false, duties::custom_data::execute_after_ready);
     }
 
@@ -956,6 +963,13 @@ impl<'a> Run<'a> {
         message: String,
     ) -> RunOutcome {
         self.finish_host_keys();
+        if self.cfg.kvp.enabled && !self.kvp_events.is_empty() && !self.opts.dry_run {
+            // step events recorded after the report (after-Ready work) go out too
+            let events = std::mem::take(&mut self.kvp_events);
+            if let Err(e) = self.sys.kvp_append(&self.cfg.kvp.pool_path, &events) {
+                tracing::warn!("cannot write KVP: {e}");
+            }
+        }
         if self.cfg.duties.serial_console.mirror && !self.opts.dry_run {
             // boot diagnostics shows the console: the outcome must be readable there when nothing reached Azure
             duties::serial_console::mirror(self.sys, &message);
