@@ -78,6 +78,8 @@ pub struct RunOutcome {
 }
 
 const RUN_OVF: &str = "ovf-env.xml";
+/// The drive the OVF came from, for the phase that ejects it.
+const RUN_DEVICE: &str = "device";
 
 struct Run<'a> {
     sys: &'a dyn System,
@@ -218,7 +220,6 @@ impl<'a> Run<'a> {
                 self.every_boot_provisioned();
             }
             let msg = format!("VM {vm_id} is already provisioned: no once-per-VM duty to run");
-            tracing::info!("{msg}");
             return self.finish(exit::OK, RunResult::Success, None, true, msg);
         }
         self.progress = self.state.progress(&vm_id);
@@ -276,8 +277,9 @@ impl<'a> Run<'a> {
                         .fail(Failure::new("unexpected error querying IMDS").with("exception", "IMDS thread failed"))
                 }
             };
-            if env.is_none() && instance.has_os_profile {
-                // no DVD but not a specialized disk: still a new VM that needs its own host keys
+            if env.is_some() || instance.has_os_profile {
+                // not a specialized disk: a new VM needs its own host keys; normally the local phase made them
+                // (then this is a no-op), but it may have run without the DVD or without host keys enabled
                 self.start_host_keys(s);
             }
             self.network_phase(env.as_ref(), &instance)
@@ -395,11 +397,20 @@ impl<'a> Run<'a> {
                 Err(e) => return Err(media_failure(e)),
             }
         } else if let Some(b) = self.sys.read(&run_copy).ok().filter(|_| !self.opts.phase.local()) {
+            let dev = self.sys.read_to_string(&self.cfg.state.run_dir.join(RUN_DEVICE)).ok();
+            self.device = dev.map(|d| PathBuf::from(d.trim())).filter(|d| d.is_absolute());
             Some(b)
         } else {
             let wait = Duration::from_secs(self.cfg.media.wait_secs);
             match cdrom::find_provisioning_media(self.sys, wait, self.clock) {
                 Found::Ovf { device, media } => {
+                    // a later phase reads the per-boot copy: it needs to know which drive to eject
+                    let _ = self.sys.write_file_unsynced(
+                        &self.cfg.state.run_dir.join(RUN_DEVICE),
+                        device.display().to_string().as_bytes(),
+                        0o600,
+                        None,
+                    );
                     tracing::info!(
                         "read ovf-env.xml from {} ({:?}, label {})",
                         device.display(),
@@ -906,6 +917,7 @@ impl<'a> Run<'a> {
             self.warn(&format!("Ready accepted but the provisioned marker could not be written: {e}"));
         }
         let _ = self.sys.remove_file(&self.cfg.state.run_dir.join(RUN_OVF));
+        let _ = self.sys.remove_file(&self.cfg.state.run_dir.join(RUN_DEVICE));
         let _ = self.sys.remove_file(&self.cfg.state.dir.join(TRANSPORT_KEY));
         let _ = self.sys.remove_file(&self.cfg.state.dir.join(TRANSPORT_CERT));
         if let (true, Some(dev)) = (self.cfg.media.eject, self.device.clone()) {
@@ -923,7 +935,6 @@ impl<'a> Run<'a> {
         }
         let ms = self.clock.now().duration_since(self.started).as_secs_f64() * 1000.0;
         let msg = format!("provisioned VM {}: Ready accepted after {ms:.1} ms", self.vm_id);
-        tracing::info!("{msg}");
         if self.opts.phase == PhaseSel::All {
             self.after_ready();
         }
