@@ -10,5 +10,6 @@ pub mod identity;
 pub mod imds;
 pub mod kvp;
 pub mod media;
+pub mod nvme;
 pub mod ovf;
 pub mod wireserver;

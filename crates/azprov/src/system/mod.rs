@@ -262,6 +262,10 @@ pub trait System: Send + Sync {
     }
     /// Kernel facts about a block device (host path of its node).
     fn block_info(&self, dev: &Path) -> io::Result<BlockInfo>;
+    /// NVMe Identify Namespace (admin opcode 0x06, CNS 0) of an NVMe namespace node (TARGET path `/dev/nvme0n1`):
+    /// the 4096-byte structure. Live only (`Unsupported` under a root); fails on a node that is not an NVMe
+    /// namespace (`ENOTTY`), without CAP_SYS_ADMIN (`EACCES`), or when the device rejects the command.
+    fn nvme_identify_namespace(&self, dev: &Path) -> io::Result<Vec<u8>>;
     /// Write `data` at `offset` of a block device opened `O_EXCL` (fails with `EBUSY` while the kernel uses the disk
     /// or one of its partitions: mounted, swap, RAID member), then fsync.
     fn block_write_at(&self, dev: &Path, offset: u64, data: &[u8]) -> io::Result<()>;

@@ -3,7 +3,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -204,6 +204,89 @@ fn blkpg(dev: &Path, op: i32, number: u32, start: u64, len: u64) -> io::Result<(
     // SAFETY: BLKPG reads a blkpg_ioctl_arg whose data points at a blkpg_partition that outlives the call.
     unsafe { rustix::ioctl::ioctl(&file, BlkpgIoctl { arg, _part: std::marker::PhantomData }) }?;
     Ok(())
+}
+
+/// `NVME_IOCTL_ID`: `_IO('N', 0x40)`, returns the namespace id of a namespace block device.
+const NVME_IOCTL_ID: rustix::ioctl::Opcode = 0x4e40;
+/// `NVME_IOCTL_ADMIN_CMD`: `_IOWR('N', 0x41, struct nvme_admin_cmd)` (72 bytes).
+const NVME_IOCTL_ADMIN_CMD: rustix::ioctl::Opcode = 0xc048_4e41;
+const NVME_ADMIN_IDENTIFY: u8 = 0x06;
+
+/// `struct nvme_passthru_cmd` (linux/nvme_ioctl.h).
+#[repr(C)]
+#[derive(Default)]
+struct NvmePassthruCmd {
+    opcode: u8,
+    flags: u8,
+    rsvd1: u16,
+    nsid: u32,
+    cdw2: u32,
+    cdw3: u32,
+    metadata: u64,
+    addr: u64,
+    metadata_len: u32,
+    data_len: u32,
+    cdw10: u32,
+    cdw11: u32,
+    cdw12: u32,
+    cdw13: u32,
+    cdw14: u32,
+    cdw15: u32,
+    timeout_ms: u32,
+    result: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<NvmePassthruCmd>() == 72);
+
+struct NvmeAdminIoctl<'a> {
+    cmd: NvmePassthruCmd,
+    _buf: std::marker::PhantomData<&'a mut [u8]>,
+}
+
+unsafe impl rustix::ioctl::Ioctl for NvmeAdminIoctl<'_> {
+    type Output = i32;
+    const IS_MUTATING: bool = true;
+    fn opcode(&self) -> rustix::ioctl::Opcode {
+        NVME_IOCTL_ADMIN_CMD
+    }
+    fn as_ptr(&mut self) -> *mut core::ffi::c_void {
+        (&mut self.cmd) as *mut NvmePassthruCmd as *mut core::ffi::c_void
+    }
+    unsafe fn output_from_ptr(
+        out: rustix::ioctl::IoctlOutput,
+        _ptr: *mut core::ffi::c_void,
+    ) -> rustix::io::Result<i32> {
+        Ok(out)
+    }
+}
+
+/// Identify Namespace (admin opcode 0x06, CNS 0) of the namespace behind an NVMe namespace block device (host
+/// path): `NVME_IOCTL_ID` for its namespace id, then the admin command through the same node (CAP_SYS_ADMIN).
+fn nvme_identify_ns(host: &Path) -> io::Result<Vec<u8>> {
+    let file = OpenOptions::new().read(true).custom_flags(libc_o_nonblock()).open(host)?;
+    if !file.metadata()?.file_type().is_block_device() {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, format!("{} is not a block device", host.display())));
+    }
+    // SAFETY: NVME_IOCTL_ID takes no argument and returns the namespace id.
+    let nsid = unsafe { rustix::ioctl::ioctl(&file, IntIoctl { opcode: NVME_IOCTL_ID, arg: 0 }) }?;
+    let nsid = u32::try_from(nsid).map_err(io::Error::other)?;
+    let mut buf = vec![0u8; crate::platform::nvme::IDENTIFY_LEN];
+    let cmd = NvmePassthruCmd {
+        opcode: NVME_ADMIN_IDENTIFY,
+        nsid,
+        addr: buf.as_mut_ptr() as u64,
+        data_len: buf.len() as u32,
+        cdw10: 0, // CNS 0: Identify Namespace
+        timeout_ms: 5000,
+        ..Default::default()
+    };
+    // SAFETY: the command points at `buf` (data_len bytes), which outlives the call; the kernel writes at most
+    // data_len bytes into it.
+    let status = unsafe { rustix::ioctl::ioctl(&file, NvmeAdminIoctl { cmd, _buf: std::marker::PhantomData }) }?;
+    if status != 0 {
+        return Err(io::Error::other(format!("NVMe Identify Namespace status {status:#x}")));
+    }
+    Ok(buf)
 }
 
 fn read_sys_u64(path: &Path) -> io::Result<u64> {
@@ -681,6 +764,13 @@ impl System for RealSystem {
             name,
             partitions,
         })
+    }
+
+    fn nvme_identify_namespace(&self, dev: &Path) -> io::Result<Vec<u8>> {
+        if !self.is_live() {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "NVMe admin commands only on the live system"));
+        }
+        nvme_identify_ns(&self.host_path(dev))
     }
 
     fn block_write_at(&self, dev: &Path, offset: u64, data: &[u8]) -> io::Result<()> {

@@ -27,6 +27,8 @@ pub struct RecordingSystem {
     added_routes: Mutex<Vec<NewIpv4Route>>,
     /// `None` until `accept_entropy`; then `(data, credited bits)` per `add_entropy` call.
     entropy: Mutex<Option<Vec<EntropyCall>>>,
+    /// Scripted Identify Namespace answers by target path (`Err` kind stored as the error to give).
+    nvme: Mutex<HashMap<PathBuf, Result<Vec<u8>, io::ErrorKind>>>,
 }
 
 impl RecordingSystem {
@@ -40,6 +42,7 @@ impl RecordingSystem {
             routes: Mutex::new(None),
             added_routes: Mutex::new(Vec::new()),
             entropy: Mutex::new(None),
+            nvme: Mutex::new(HashMap::new()),
         }
     }
     /// Act like a live kernel for `add_entropy`: accept and record the data (otherwise `Ok(false)`, as under a root).
@@ -79,6 +82,13 @@ impl RecordingSystem {
     /// Routes added through `add_ipv4_route` so far.
     pub fn added_routes(&self) -> Vec<NewIpv4Route> {
         self.added_routes.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+    /// Answer `nvme_identify_namespace(dev)` with `answer` (a 4096-byte buffer, or an error kind). Devices not
+    /// scripted answer `Unsupported`, as under a root.
+    pub fn script_nvme_identify(&self, dev: &str, answer: Result<Vec<u8>, io::ErrorKind>) {
+        if let Ok(mut m) = self.nvme.lock() {
+            m.insert(PathBuf::from(dev), answer);
+        }
     }
     /// Commands run so far.
     pub fn commands(&self) -> Vec<Command> {
@@ -223,6 +233,14 @@ impl System for RecordingSystem {
     }
     fn block_info(&self, dev: &Path) -> io::Result<BlockInfo> {
         self.inner.block_info(dev)
+    }
+    fn nvme_identify_namespace(&self, dev: &Path) -> io::Result<Vec<u8>> {
+        let answer = self.nvme.lock().map_err(|_| io::Error::other("poisoned"))?.get(dev).cloned();
+        match answer {
+            Some(Ok(buf)) => Ok(buf),
+            Some(Err(kind)) => Err(io::Error::from(kind)),
+            None => Err(io::Error::new(io::ErrorKind::Unsupported, "no scripted NVMe answer")),
+        }
     }
     fn block_write_at(&self, dev: &Path, offset: u64, data: &[u8]) -> io::Result<()> {
         self.inner.block_write_at(dev, offset, data)

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::platform::nvme::{self, NvmeKind};
 use crate::system::System;
 
 /// Gen2 SCSI controller 0 (OS disk at LUN 0, resource disk at LUN 1).
@@ -20,8 +21,9 @@ pub const RESOURCE_LINK: &str = "/dev/disk/azure/resource";
 pub enum Found {
     /// The SCSI resource disk: target path of its node and how it was found.
     Scsi { node: PathBuf, how: String },
-    /// Local NVMe temporary disks (Direct Disk v2), in name order.
-    Nvme { nodes: Vec<PathBuf> },
+    /// Local NVMe temporary disks (Direct Disk v2): ordered by the `index` of their vendor metadata, disks
+    /// without metadata after them in name order; `notes` say where the metadata was missing or what it excluded.
+    Nvme { nodes: Vec<PathBuf>, notes: Vec<String> },
     /// No temporary disk on this VM size, with what was looked at.
     None(String),
 }
@@ -82,23 +84,56 @@ pub fn find(sys: &dyn System) -> Found {
     if sys.exists(Path::new(RESOURCE_LINK)) {
         return Found::Scsi { node: RESOURCE_LINK.into(), how: format!("link {RESOURCE_LINK}") };
     }
-    let mut nodes = Vec::new();
-    for name in sys.read_dir(Path::new("/sys/block")).unwrap_or_default() {
-        if !name.starts_with("nvme") {
-            continue;
-        }
-        let model = trimmed(sys, &Path::new("/sys/block").join(&name).join("device/model"));
-        if model.as_deref() == Some(NVME_DIRECT_V2) {
-            nodes.push(Path::new("/dev").join(&name));
-        }
-    }
+    let (nodes, notes) = local_nvme(sys);
     if !nodes.is_empty() {
-        return Found::Nvme { nodes };
+        return Found::Nvme { nodes, notes };
     }
     Found::None(format!(
         "no resource disk on this VM ({} VMBus devices, no {RESOURCE_LINK}, no {NVME_DIRECT_V2})",
         devices.len()
     ))
+}
+
+/// `nvme<ctrl>n<ns>` → `(ctrl, ns)`; `None` for anything else (partitions, hidden multipath paths `nvme0c0n1`).
+fn nvme_namespace_key(name: &str) -> Option<(u32, u32)> {
+    let (c, n) = name.strip_prefix("nvme")?.split_once('n')?;
+    Some((c.parse().ok()?, n.parse().ok()?))
+}
+
+/// The local NVMe temporary disks: model Direct Disk v2, refined by the Identify Namespace vendor metadata where
+/// the device gives it (ordered by `index`; `type=os`/`type=data` excluded). Where it cannot be read (not the live
+/// system, no CAP_SYS_ADMIN, a kernel or device refusing the command) the model rule alone decides, noted.
+fn local_nvme(sys: &dyn System) -> (Vec<PathBuf>, Vec<String>) {
+    let mut found: Vec<(Option<u32>, (u32, u32), PathBuf)> = Vec::new();
+    let mut notes = Vec::new();
+    let mut no_meta: Vec<String> = Vec::new();
+    for name in sys.read_dir(Path::new("/sys/block")).unwrap_or_default() {
+        let Some(key) = nvme_namespace_key(&name) else { continue };
+        let model = trimmed(sys, &Path::new("/sys/block").join(&name).join("device/model"));
+        if model.as_deref() != Some(NVME_DIRECT_V2) {
+            continue;
+        }
+        let node = Path::new("/dev").join(&name);
+        let meta = match sys.nvme_identify_namespace(&node) {
+            Ok(buf) => nvme::parse_identify(&buf).ok_or_else(|| "no vendor metadata".to_string()),
+            Err(e) => Err(format!("Identify Namespace unavailable: {e}")),
+        };
+        match meta {
+            Ok(m) => match m.kind {
+                Some(NvmeKind::Local) | None => found.push((m.index, key, node)),
+                Some(kind) => notes.push(format!("{name} skipped: vendor metadata says type={}", kind.as_str())),
+            },
+            Err(why) => {
+                no_meta.push(format!("{name} ({why})"));
+                found.push((None, key, node));
+            }
+        }
+    }
+    if !no_meta.is_empty() && !found.is_empty() {
+        notes.push(format!("model rule for {}", no_meta.join(", ")));
+    }
+    found.sort_by_key(|(index, key, _)| (index.is_none(), *index, *key));
+    (found.into_iter().map(|(_, _, n)| n).collect(), notes)
 }
 
 #[cfg(test)]
@@ -123,7 +158,7 @@ mod tests {
         assert!(matches!(find(&sys), Found::None(_)));
         put(r, "sys/block/nvme1n1/device/model", "Microsoft NVMe Direct Disk v2\n");
         put(r, "sys/block/nvme2n1/device/model", "MSFT NVMe Accelerator v1.0\n");
-        assert_eq!(find(&sys), Found::Nvme { nodes: vec!["/dev/nvme1n1".into()] });
+        assert!(matches!(find(&sys), Found::Nvme { ref nodes, .. } if nodes == &[PathBuf::from("/dev/nvme1n1")]));
         // Gen2: LUN 0 is the OS disk, LUN 1 the resource disk
         put(
             r,
@@ -175,5 +210,61 @@ mod tests {
         std::os::unix::fs::symlink("../../sdb", dir.path().join("dev/disk/azure/resource")).unwrap();
         let sys = RealSystem::new(dir.path());
         assert!(matches!(find(&sys), Found::Scsi { ref node, .. } if node == Path::new(RESOURCE_LINK)));
+    }
+
+    fn identify(vs: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; nvme::IDENTIFY_LEN];
+        b[nvme::VS_OFFSET..nvme::VS_OFFSET + vs.len()].copy_from_slice(vs);
+        b
+    }
+
+    #[test]
+    fn nvme_vendor_metadata_orders_and_excludes() {
+        use crate::system::record::RecordingSystem;
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        for n in ["nvme0n1", "nvme1n1", "nvme2n1", "nvme10n1", "nvme3n1"] {
+            put(r, &format!("sys/block/{n}/device/model"), "Microsoft NVMe Direct Disk v2\n");
+        }
+        std::fs::create_dir_all(r.join("sys/block/nvme0c0n1")).unwrap(); // hidden multipath path: ignored
+        let sys = RecordingSystem::new(r);
+        // under a root nothing answers: the model rule, in numeric name order, noted
+        match find(&sys) {
+            Found::Nvme { nodes, notes } => {
+                let names: Vec<_> = nodes.iter().map(|n| n.display().to_string()).collect();
+                assert_eq!(names, ["/dev/nvme0n1", "/dev/nvme1n1", "/dev/nvme2n1", "/dev/nvme3n1", "/dev/nvme10n1"]);
+                assert_eq!(notes.len(), 1, "{notes:?}");
+                assert!(notes[0].starts_with("model rule for nvme0n1 (Identify Namespace unavailable"), "{notes:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        sys.script_nvme_identify("/dev/nvme0n1", Ok(identify(b"type=os")));
+        sys.script_nvme_identify("/dev/nvme1n1", Ok(identify(b"type=local,index=2,name=nvme-440G-2")));
+        sys.script_nvme_identify("/dev/nvme2n1", Ok(identify(b"type=local,index=1,name=nvme-440G-1")));
+        sys.script_nvme_identify("/dev/nvme3n1", Ok(identify(b"type=data,lun=4")));
+        sys.script_nvme_identify("/dev/nvme10n1", Ok(identify(b"")));
+        match find(&sys) {
+            Found::Nvme { nodes, notes } => {
+                let names: Vec<_> = nodes.iter().map(|n| n.display().to_string()).collect();
+                assert_eq!(names, ["/dev/nvme2n1", "/dev/nvme1n1", "/dev/nvme10n1"]);
+                assert_eq!(notes.len(), 3, "{notes:?}");
+                assert!(notes[0].contains("nvme0n1 skipped") && notes[0].contains("type=os"), "{notes:?}");
+                assert!(notes[2].contains("nvme10n1 (no vendor metadata)"), "{notes:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // every disk says os/data: no temporary disk
+        sys.script_nvme_identify("/dev/nvme1n1", Ok(identify(b"type=data,lun=0")));
+        sys.script_nvme_identify("/dev/nvme2n1", Ok(identify(b"type=data,lun=1")));
+        sys.script_nvme_identify("/dev/nvme10n1", Ok(identify(b"type=os")));
+        assert!(matches!(find(&sys), Found::None(_)));
+    }
+
+    #[test]
+    fn namespace_names() {
+        assert_eq!(nvme_namespace_key("nvme12n3"), Some((12, 3)));
+        assert_eq!(nvme_namespace_key("nvme0c0n1"), None);
+        assert_eq!(nvme_namespace_key("nvme0n1p1"), None);
+        assert_eq!(nvme_namespace_key("sda"), None);
     }
 }

@@ -186,6 +186,32 @@ pub fn partition_table(src: &dyn ReadAt) -> io::Result<Result<Table, String>> {
     Ok(Ok(Table::Mbr(parts)))
 }
 
+/// `MD_SB_MAGIC`, little-endian on disk.
+const MD_MAGIC: [u8; 4] = 0xa92b_4efc_u32.to_le_bytes();
+
+/// An md RAID superblock on a whole disk: `Some(array name)` (v1.x: `set_name`, often `host:name`; v0.90 has
+/// none: empty). Looks where each metadata version keeps it: 4 KiB (1.2), the start (1.1), 8 KiB before the end
+/// rounded to 4 KiB (1.0), 64 KiB before the end rounded to 64 KiB (0.90).
+pub fn md_superblock(src: &dyn ReadAt) -> io::Result<Option<String>> {
+    let size = src.size();
+    let v1_end = ((size / 512).saturating_sub(16) & !7) * 512;
+    for off in [4096, 0, v1_end] {
+        let b = read_clamped(src, off, 64)?;
+        if b.len() == 64 && b[..4] == MD_MAGIC && b[4..8] == 1u32.to_le_bytes() {
+            let name = &b[32..64];
+            let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+            return Ok(Some(String::from_utf8_lossy(&name[..end]).into_owned()));
+        }
+    }
+    if size >= 128 << 10 {
+        let b = read_clamped(src, (size & !0xffff) - (64 << 10), 4)?;
+        if b[..] == MD_MAGIC {
+            return Ok(Some(String::new()));
+        }
+    }
+    Ok(None)
+}
+
 /// What to do with a disk (the safety rule, re-checked every boot).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -461,5 +487,26 @@ mod tests {
         }
         assert_eq!(fs_uuid(&d, 0, Signature::Ext).unwrap().unwrap(), "00010203-0405-0607-0809-0a0b0c0d0e0f");
         assert_eq!(fs_uuid(&d, 0, Signature::Ntfs).unwrap(), None);
+    }
+
+    #[test]
+    fn md_superblocks() {
+        let mut d = disk(1 << 20);
+        assert_eq!(md_superblock(&d).unwrap(), None);
+        let put = |d: &mut [u8], off: usize, name: &[u8]| {
+            d[off..off + 4].copy_from_slice(&MD_MAGIC);
+            d[off + 4..off + 8].copy_from_slice(&1u32.to_le_bytes());
+            d[off + 32..off + 32 + name.len()].copy_from_slice(name);
+        };
+        put(&mut d, 4096, b"vm1:azprov-resource");
+        assert_eq!(md_superblock(&d).unwrap().as_deref(), Some("vm1:azprov-resource"));
+        assert!(matches!(classify(&d).unwrap(), Verdict::Keep(_)));
+        let mut e = disk(1 << 20);
+        put(&mut e, (1 << 20) - 16 * 512, b"other");
+        assert_eq!(md_superblock(&e).unwrap().as_deref(), Some("other"));
+        let mut f = disk(1 << 20);
+        f[(1 << 20) - (64 << 10)..][..4].copy_from_slice(&MD_MAGIC);
+        assert_eq!(md_superblock(&f).unwrap().as_deref(), Some(""));
+        assert_eq!(md_superblock(&vec![0u8; 100]).unwrap(), None);
     }
 }

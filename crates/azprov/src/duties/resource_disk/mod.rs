@@ -9,6 +9,7 @@
 pub mod discover;
 pub mod layout;
 pub mod ntfs_root;
+pub mod raid;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -202,23 +203,37 @@ pub fn run_every_boot(sys: &dyn System, cfg: &ResourceDiskDuty, opts: &RunOption
                     Ok(p) => (p, how),
                     Err(e) => return fail("cannot open the device node", &node, e),
                 },
-                Found::Nvme { nodes } => {
+                Found::Nvme { nodes, notes: found } => {
                     if sys.exists(Path::new(EPHEMERAL_SETUP)) {
                         return Outcome::Skipped(
                             "azure-ephemeral-disk-setup is enabled: local NVMe disks are left to it".into(),
                         );
                     }
+                    notes.extend(found);
+                    let mut array = None;
                     if nodes.len() > 1 {
-                        notes.push(if cfg.nvme_raid0 {
-                            format!("{} local NVMe disks: RAID0 is not implemented yet, using the first", nodes.len())
+                        if cfg.nvme_raid0 {
+                            match raid::setup(sys, &nodes, cfg.never_format) {
+                                raid::Raid::Array { dev, note } => {
+                                    notes.push(note);
+                                    array = Some(dev);
+                                }
+                                raid::Raid::Single(why) => notes.push(why),
+                                raid::Raid::Failed(o) => return o,
+                            }
                         } else {
-                            format!("{} local NVMe disks: using the first", nodes.len())
-                        });
+                            notes.push(format!("{} local NVMe disks: using the first", nodes.len()));
+                        }
                     }
-                    let node = nodes[0].clone();
-                    match sys.resolve_device(&node) {
-                        Ok(p) => (p, format!("local NVMe {}", node.display())),
-                        Err(e) => return fail("cannot open the device node", &node, e),
+                    match array {
+                        Some(dev) => (dev, format!("RAID0 {}", raid::MD_NODE)),
+                        None => {
+                            let node = nodes[0].clone();
+                            match sys.resolve_device(&node) {
+                                Ok(p) => (p, format!("local NVMe {}", node.display())),
+                                Err(e) => return fail("cannot open the device node", &node, e),
+                            }
+                        }
                     }
                 }
             }
