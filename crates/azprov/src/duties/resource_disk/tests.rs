@@ -398,3 +398,57 @@ fn root_discovered_from_sysfs_no_persist_and_foreign_mount() {
     assert!(r.contains("mounted at") && r.contains("someone else"), "{r}");
     unmount(&mp);
 }
+
+/// Two local NVMe disks (blank image files under the root) and, for the array mdadm would start, a loop device
+/// behind `/dev/md/azprov-resource`: mdadm itself is scripted (the CI host has no md driver).
+#[test]
+fn root_nvme_raid0_created_then_formatted_or_first_disk_without_mdadm() {
+    need_root!();
+    use crate::system::record::RecordingSystem;
+    use crate::system::CommandOutput;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("dev/md")).unwrap();
+    for n in ["nvme0n1", "nvme1n1"] {
+        let model = root.join("sys/block").join(n).join("device/model");
+        std::fs::create_dir_all(model.parent().unwrap()).unwrap();
+        std::fs::write(model, "Microsoft NVMe Direct Disk v2\n").unwrap();
+        std::fs::File::create(root.join("dev").join(n)).unwrap().set_len(DISK).unwrap();
+    }
+    let img = dir.path().join("md.img");
+    std::fs::File::create(&img).unwrap().set_len(DISK).unwrap();
+    let md = Loop::attach(&img);
+    std::os::unix::fs::symlink(&md.dev, root.join("dev/md/azprov-resource")).unwrap();
+    let sys = RecordingSystem::new(&root);
+    sys.script("mdadm", CommandOutput { status: Some(0), ..Default::default() });
+    let mp = root.join("mnt");
+    let _m = Unmount(mp.clone());
+    let cfg = ResourceDiskDuty {
+        nvme_raid0: true,
+        filesystem: crate::config::DiskFilesystem::Ext4,
+        ..ResourceDiskDuty::default()
+    };
+    let o = RunOptions { no_persist: true, ..RunOptions::default() };
+    let text = done(&run_every_boot(&sys, &cfg, &o)).to_string();
+    assert!(text.contains("RAID0 azprov-resource of 2 local NVMe disks created"), "{text}");
+    assert!(text.contains("model rule for nvme0n1") && text.contains("blank disk formatted ext4"), "{text}");
+    let mdadm: Vec<_> = sys.commands().into_iter().filter(|c| c.program == "mdadm").collect();
+    assert_eq!(mdadm.len(), 1);
+    assert_eq!(
+        mdadm[0].args[..6],
+        ["--create", raid::MD_NODE, "--run", "--level=0", "--raid-devices=2", "--name=azprov-resource"]
+    );
+    assert!(mp.join(README).exists());
+    unmount(&mp);
+    // without mdadm: the first disk alone, with the reason
+    let sys = RecordingSystem::new(&root);
+    sys.uninstall("mdadm");
+    std::fs::remove_file(root.join("dev/md/azprov-resource")).unwrap();
+    let first = Loop::attach(&root.join("dev/nvme0n1"));
+    std::fs::remove_file(root.join("dev/nvme0n1")).unwrap();
+    std::os::unix::fs::symlink(&first.dev, root.join("dev/nvme0n1")).unwrap();
+    let text = done(&run_every_boot(&sys, &cfg, &o)).to_string();
+    assert!(text.contains("mdadm is not installed: using the first of 2"), "{text}");
+    assert!(text.contains("local NVMe /dev/nvme0n1") && text.contains("blank disk formatted ext4"), "{text}");
+    unmount(&mp);
+}
