@@ -673,7 +673,7 @@ mod tests {
         let (_d, sys) = sandbox(&[
             ("/run/dhclient.eth0.pid", "4242\n"),
             ("/run/dhclient.eth1.pid", "5\n"),
-            ("/proc/5/cmdline", "/usr/bin/sleep\0100\0"),
+            ("/proc/5/cmdline", "/usr/bin/sleep\0x\0"),
         ]);
         sys.script("dhclient", ok(""));
         assert!(matches!(publish(&sys, "vm1"), Outcome::Skipped(_)));
