@@ -415,9 +415,17 @@ fn dhclient(sys: &dyn System, name: &str, procs: &[DhclientProc]) -> Outcome {
                 );
             }
         }
-        // confirmation: a live dhclient under the same pid file
-        let now = sys.read_to_string(Path::new(&p.pid_file)).ok().and_then(|s| s.trim().parse::<u32>().ok());
-        let alive = now.filter(|pid| sys.exists(Path::new(&format!("/proc/{pid}"))));
+        // confirmation: a live dhclient under the same pid file (the daemon writes it just after forking)
+        let alive_pid = || {
+            let now = sys.read_to_string(Path::new(&p.pid_file)).ok().and_then(|s| s.trim().parse::<u32>().ok());
+            now.filter(|pid| sys.exists(Path::new(&format!("/proc/{pid}"))))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let mut alive = alive_pid();
+        while alive.is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            alive = alive_pid();
+        }
         match alive {
             Some(pid) => done.push(format!("dhclient {} restarted without release (pid {pid})", ifs.join(","))),
             None => done.push(format!(
@@ -735,5 +743,183 @@ mod tests {
         assert_eq!(dhclient_conf_with_hostname(commented), format!("{commented}{SEND_HOST_NAME}\n"));
         let block = "interface \"eth0\" {\n  send host-name \"old\";\n}\n";
         assert_eq!(dhclient_conf_with_hostname(block), format!("interface \"eth0\" {{\n  {SEND_HOST_NAME}\n}}\n"));
+    }
+
+    // --- a real DHCP exchange: dhclient and dnsmasq on a veth pair, in private namespaces ----------------------
+
+    const CHILD_ENV: &str = "AZPROV_PUBLISH_NETNS_CHILD";
+    const NEW_NAME: &str = "azp-new-name";
+
+    /// Re-run this test inside `unshare --pid --net --mount --uts`: the veth pair, the server's namespace, the
+    /// host name, `/run` (a tmpfs) and every process started (pid namespace: all die with it) stay there.
+    #[test]
+    fn root_netns_publish_dhclient() {
+        if std::env::var_os(CHILD_ENV).is_some() {
+            publish_child();
+            return;
+        }
+        let required = std::env::var("AZPROV_REQUIRE_SHARED").as_deref() == Ok("1");
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipping root_netns_publish_dhclient: needs root for namespaces");
+            return;
+        }
+        let host = crate::system::RealSystem::new("/");
+        for prog in ["unshare", "ip", "mount", "dnsmasq", "dhclient"] {
+            if !host.has_program(prog) {
+                // .ci/run installs dnsmasq-base and isc-dhcp-client
+                assert!(!required, "root_netns_publish_dhclient: {prog} is not installed (AZPROV_REQUIRE_SHARED=1)");
+                eprintln!("skipping root_netns_publish_dhclient: {prog} is not installed");
+                return;
+            }
+        }
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--net", "--mount", "--uts", "--kill-child", "--"])
+            .arg(exe)
+            .args([
+                "--exact",
+                "duties::hostname_publish::tests::root_netns_publish_dhclient",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, namespaces())
+            .output()
+            .unwrap();
+        let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() && text.contains("azprov-netns-unavailable") && !required {
+            eprintln!("skipping root_netns_publish_dhclient: {text}");
+            return;
+        }
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("azprov-publish-child-ok"), "the child did not run the checks:\n{text}");
+    }
+
+    fn namespaces() -> String {
+        ["net", "mnt", "uts", "pid"]
+            .iter()
+            .map(|n| {
+                std::fs::read_link(format!("/proc/self/ns/{n}")).map(|p| p.display().to_string()).unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn sh(args: &[&str]) {
+        let out = std::process::Command::new(args[0]).args(&args[1..]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Kills the DHCP server and removes its namespace, whatever happens.
+    struct Guard(Option<std::process::Child>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Some(c) = self.0.as_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            let _ = std::process::Command::new("ip").args(["netns", "del", "azpsrv"]).status();
+        }
+    }
+
+    fn names_sent(log: &Path) -> Vec<String> {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split("client provides name: ").nth(1).map(|n| n.trim().to_string()))
+            .collect()
+    }
+
+    fn publish_child() {
+        // only ever inside the namespaces unshare made: the parent passed its own namespace ids
+        let parent = std::env::var(CHILD_ENV).unwrap();
+        let own = namespaces();
+        assert!(!parent.is_empty(), "no parent namespaces; refusing");
+        assert!(
+            own.split(' ').zip(parent.split(' ')).all(|(a, b)| a != b),
+            "not in fresh namespaces: {own} vs {parent}"
+        );
+        let private = std::process::Command::new("mount").args(["--make-rprivate", "/"]).status();
+        let run = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs", "/run"]).status();
+        if !matches!(private, Ok(s) if s.success()) || !matches!(run, Ok(s) if s.success()) {
+            println!("azprov-netns-unavailable: cannot mount a private /run");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let tp = |n: &str| t.path().join(n).display().to_string();
+        sh(&["ip", "link", "set", "lo", "up"]);
+        sh(&["ip", "netns", "add", "azpsrv"]);
+        let mut guard = Guard(None);
+        sh(&["ip", "link", "add", "azp1", "type", "veth", "peer", "name", "azp0"]);
+        sh(&["ip", "link", "set", "azp0", "netns", "azpsrv"]);
+        sh(&["ip", "netns", "exec", "azpsrv", "ip", "addr", "add", "10.99.0.1/24", "dev", "azp0"]);
+        sh(&["ip", "netns", "exec", "azpsrv", "ip", "link", "set", "azp0", "up"]);
+        sh(&["ip", "link", "set", "azp1", "up"]);
+        let log = t.path().join("dnsmasq.log");
+        guard.0 = Some(
+            std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    "azpsrv",
+                    "dnsmasq",
+                    "--keep-in-foreground",
+                    "--conf-file=/dev/null",
+                    "--port=0",
+                ])
+                .args(["--interface=azp0", "--bind-interfaces", "--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,1h"])
+                .args(["--log-dhcp", "--user=root"])
+                .arg(format!("--log-facility={}", log.display()))
+                .arg(format!("--dhcp-leasefile={}", tp("dnsmasq.leases")))
+                .arg(format!("--pid-file={}", tp("dnsmasq.pid")))
+                .spawn()
+                .unwrap(),
+        );
+        let sys = crate::system::RealSystem::new("/");
+        assert!(sys.set_kernel_hostname("azp-old-name").unwrap());
+        // the image's client: no `send host-name` yet, no script (nothing configured), files in the temp dir
+        let conf = tp("dhclient.conf");
+        std::fs::write(&conf, "timeout 15;\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        sh(&[
+            "dhclient",
+            "-1",
+            "-4",
+            "-sf",
+            "/bin/true",
+            "-cf",
+            &conf,
+            "-pf",
+            "/run/dhclient.azp1.pid",
+            "-lf",
+            &tp("azp1.leases"),
+            "azp1",
+        ]);
+        assert!(names_sent(&log).is_empty(), "{:?}", std::fs::read_to_string(&log));
+
+        // the new name: kernel host name first (as hostname::apply does), then publish
+        assert!(sys.set_kernel_hostname(NEW_NAME).unwrap());
+        // the daemon writes its pid file after forking
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while running_dhclients(&sys).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let outcome = publish(&sys, NEW_NAME);
+        println!("outcome: {outcome:?}");
+        match &outcome {
+            Outcome::Done(d) => assert!(d.contains("dhclient azp1 restarted without release (pid "), "{d}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(std::fs::read_to_string(&conf).unwrap().contains(SEND_HOST_NAME));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !names_sent(&log).iter().any(|n| n == NEW_NAME) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let sent = names_sent(&log);
+        assert!(sent.iter().any(|n| n == NEW_NAME), "{sent:?}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        assert!(sent.iter().all(|n| n == NEW_NAME), "{sent:?}");
+        // exactly one client afterwards, the one the pid file names
+        assert_eq!(running_dhclients(&sys).len(), 1);
+        drop(guard);
+        println!("azprov-publish-child-ok");
     }
 }
