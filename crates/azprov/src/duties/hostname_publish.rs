@@ -407,7 +407,9 @@ fn dhclient(sys: &dyn System, name: &str, procs: &[DhclientProc]) -> Outcome {
         let args = p.restart_args(name);
         let mut stop: Vec<&str> = vec!["-x"];
         stop.extend(args.iter().map(String::as_str).filter(|a| *a != "-1" && *a != "-nw"));
-        let start: Vec<&str> = args.iter().map(String::as_str).collect();
+        // without `-1`: should the server not answer in time, the client goes on in the background (and keeps its
+        // lease) instead of exiting and leaving the interface without a DHCP client
+        let start: Vec<&str> = args.iter().map(String::as_str).filter(|a| *a != "-1").collect();
         for cmd in [Command::new("dhclient", &stop), Command::new("dhclient", &start)] {
             if let Err(e) = run_ok(sys, &cmd) {
                 return Outcome::Failed(
@@ -633,7 +635,7 @@ mod tests {
             [
                 "dhclient -x -4 -v -i -pf /run/dhclient.eth0.pid -lf /var/lib/dhcp/dhclient.eth0.leases -I -df \
                  /var/lib/dhcp/dhclient6.eth0.leases eth0",
-                "dhclient -1 -4 -v -i -pf /run/dhclient.eth0.pid -lf /var/lib/dhcp/dhclient.eth0.leases -I -df \
+                "dhclient -4 -v -i -pf /run/dhclient.eth0.pid -lf /var/lib/dhcp/dhclient.eth0.leases -I -df \
                  /var/lib/dhcp/dhclient6.eth0.leases eth0",
             ]
         );
@@ -670,7 +672,7 @@ mod tests {
             argvs(&sys),
             [
                 "dhclient -x -H vm1 -q -cf /etc/dhcp/dhclient-eth0.conf -lf /var/lib/dhclient/l -pf /var/run/dhclient-eth0.pid eth0",
-                "dhclient -H vm1 -1 -q -cf /etc/dhcp/dhclient-eth0.conf -lf /var/lib/dhclient/l -pf /var/run/dhclient-eth0.pid eth0",
+                "dhclient -H vm1 -q -cf /etc/dhcp/dhclient-eth0.conf -lf /var/lib/dhclient/l -pf /var/run/dhclient-eth0.pid eth0",
             ]
         );
     }
