@@ -880,7 +880,7 @@ mod tests {
         assert!(sys.set_kernel_hostname("azp-old-name").unwrap());
         // the image's client: no `send host-name` yet, no script (nothing configured), files in the temp dir
         let conf = tp("dhclient.conf");
-        std::fs::write(&conf, "timeout 15;\n").unwrap();
+        std::fs::write(&conf, "timeout 15;\ninitial-interval 1;\n").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(300));
         sh(&[
             "dhclient",
