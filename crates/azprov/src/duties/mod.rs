@@ -6,6 +6,7 @@ pub mod entropy;
 pub mod grub;
 pub mod host_keys;
 pub mod hostname;
+pub mod hostname_publish;
 pub mod key_pairs;
 pub mod nic_names;
 pub mod nics;
