@@ -658,6 +658,11 @@ impl<'a> Run<'a> {
                 {
                     return self.fail(f);
                 }
+                // a host name set now (IMDS differs from the OVF, or the network came up first) was not in the DHCP
+                // request: tell the platform DNS through the running DHCP client, without restarting the network
+                if let (true, Some(name)) = (pending.contains(&"hostname") && self.sys.is_live(), id.hostname.clone()) {
+                    self.side_step("hostname_publish", false, |sys, _| duties::hostname_publish::publish(sys, &name));
+                }
             }
         }
         if let Some(e) = env {
