@@ -353,7 +353,9 @@ pub fn plan(sys: &dyn System, cfg: &Config, opts: &Options, notes: &mut Vec<Stri
     }
 
     // root password
-    if opts.lock_root_password {
+    let root_locked =
+        sys.read_to_string(Path::new("/etc/shadow")).is_ok_and(|t| t.lines().any(|l| l.starts_with("root:*LOCK*:")));
+    if opts.lock_root_password && !root_locked {
         if sys.has_program("chpasswd") {
             let mut args = root_args(sys);
             args.push("-e".into());

@@ -97,7 +97,7 @@ enum Cmd {
         /// Required to deprovision the running system (not needed with --root).
         #[arg(long)]
         force: bool,
-        /// Lock root's password (root:*LOCK*).
+        /// Lock root's password (root:*LOCK*); also `[deprovision] lock_root_password = true` in the configuration.
         #[arg(long)]
         lock_root_password: bool,
     },
@@ -336,6 +336,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
+            let lock_root_password = lock_root_password || cfg.deprovision.lock_root_password;
             let opts = deprovision::Options { user, dry_run, force, lock_root_password };
             let report = match deprovision::deprovision(&sys, &cfg, &opts) {
                 Ok(r) => r,
