@@ -20,6 +20,15 @@ pub struct Config {
     pub state: StateConfig,
     pub kvp: KvpConfig,
     pub duties: Duties,
+    pub deprovision: DeprovisionConfig,
+}
+
+/// `azprov deprovision` settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeprovisionConfig {
+    /// Lock root's password (`root:*LOCK*`) when generalizing (also `--lock-root-password`).
+    pub lock_root_password: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

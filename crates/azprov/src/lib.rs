@@ -5,11 +5,13 @@
 //! `system`) → `report` (KVP + health). `provision` wires them together for one boot; `state` remembers what was done.
 
 pub mod config;
+pub mod deprovision;
 pub mod duties;
 pub mod plan;
 pub mod platform;
 pub mod provision;
 pub mod report;
+pub mod report_only;
 pub mod secret;
 pub mod state;
 pub mod system;

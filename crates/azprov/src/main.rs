@@ -7,10 +7,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use azprov::config;
+use azprov::deprovision;
 use azprov::duties::{resource_disk, scsi_timeouts, Outcome};
 use azprov::platform::certificates::{self, TransportCert};
+use azprov::platform::kvp;
 use azprov::platform::{endpoint, media, ovf};
 use azprov::provision::{self, exit, Options, PhaseSel};
+use azprov::report_only;
 use azprov::secret::Secret;
 use azprov::state::State;
 use azprov::system::{RealSystem, System};
@@ -79,6 +82,59 @@ enum Cmd {
     Inspect {
         #[command(subcommand)]
         what: Inspect,
+    },
+    /// Generalize this system (or the --root image) before capture: host keys, machine-id, DHCP leases, our state,
+    /// cached OVF/customData, host name, shell histories... Never prompts.
+    Deprovision {
+        #[command(flatten)]
+        common: Common,
+        /// Also delete the provisioned admin user (userdel -r) and its sudoers line.
+        #[arg(long)]
+        user: bool,
+        /// List every file that would be removed and every change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Required to deprovision the running system (not needed with --root).
+        #[arg(long)]
+        force: bool,
+        /// Lock root's password (root:*LOCK*); also `[deprovision] lock_root_password = true` in the configuration.
+        #[arg(long)]
+        lock_root_password: bool,
+    },
+    /// Minimal mode: report Ready to the platform and nothing else (no DVD, no duties).
+    ReportReady {
+        #[command(flatten)]
+        common: Common,
+        /// Skip when this VM id's provisioned marker exists; write it after Ready was accepted.
+        #[arg(long)]
+        once: bool,
+        /// Set the host name from IMDS osProfile.computerName first.
+        #[arg(long)]
+        set_hostname: bool,
+    },
+    /// Minimal mode: report NotReady/ProvisioningFailed with a reason.
+    ReportFailure {
+        #[command(flatten)]
+        common: Common,
+        /// The public reason (lower case, e.g. "failed to configure the image").
+        #[arg(long)]
+        reason: String,
+    },
+    /// Hyper-V KVP pool files.
+    Kvp {
+        #[command(subcommand)]
+        what: KvpCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum KvpCmd {
+    /// Print each record of a pool file as `key = value` (default: the configured guest-to-host pool under --root).
+    Dump {
+        /// Pool file (host path).
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        common: Common,
     },
 }
 
@@ -273,6 +329,66 @@ fn run() -> anyhow::Result<ExitCode> {
                 }
             })
         }
+        Cmd::Deprovision { common, user, dry_run, force, lock_root_password } => {
+            init_logging();
+            let sys = RealSystem::new(&common.root);
+            let cfg = match load_config(&sys, &common) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let lock_root_password = lock_root_password || cfg.deprovision.lock_root_password;
+            let opts = deprovision::Options { user, dry_run, force, lock_root_password };
+            let report = match deprovision::deprovision(&sys, &cfg, &opts) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("azprov: {e}");
+                    return Ok(ExitCode::from(exit::NOT_APPLICABLE as u8));
+                }
+            };
+            let verb = if dry_run { "would " } else { "" };
+            for c in &report.changes {
+                println!("{verb}{}", c.describe());
+            }
+            for n in &report.notes {
+                eprintln!("azprov: note: {n}");
+            }
+            for e in &report.errors {
+                eprintln!("azprov: failed: {e}");
+            }
+            Ok(if report.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Cmd::ReportReady { common, once, set_hostname } => {
+            report_only(&common, &report_only::What::Ready, &report_only::Options { once, set_hostname })
+        }
+        Cmd::ReportFailure { common, reason } => {
+            report_only(&common, &report_only::What::Failure(reason), &report_only::Options::default())
+        }
+        Cmd::Kvp { what: KvpCmd::Dump { file, common } } => {
+            let path = match file {
+                Some(f) => f,
+                None => {
+                    let sys = RealSystem::new(&common.root);
+                    let cfg = match load_config(&sys, &common) {
+                        Ok(c) => c,
+                        Err(code) => return Ok(code),
+                    };
+                    sys.host_path(&cfg.kvp.pool_path)
+                }
+            };
+            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            if bytes.len() % kvp::RECORD_SIZE != 0 {
+                eprintln!(
+                    "azprov: warning: {} is {} bytes, not a multiple of {}: the trailing partial record is ignored",
+                    path.display(),
+                    bytes.len(),
+                    kvp::RECORD_SIZE
+                );
+            }
+            for (k, v) in kvp::parse_pool(&bytes) {
+                println!("{k} = {v}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Inspect { what } => {
             let bytes = match &what {
                 Inspect::Endpoint { leases } => return inspect_endpoint(leases),
@@ -307,6 +423,39 @@ fn run() -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// `azprov report-ready` / `report-failure`: exit 0 when the platform accepted the report (or `--once` found the
+/// marker), 3 when it could not be delivered.
+fn report_only(common: &Common, what: &report_only::What, opts: &report_only::Options) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let sys = RealSystem::new(&common.root);
+    let cfg = match load_config(&sys, common) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let out = report_only::run(&sys, &cfg, what, opts, &SystemClock);
+    for n in &out.notes {
+        tracing::info!("{n}");
+    }
+    let kind = match what {
+        report_only::What::Ready => "Ready",
+        report_only::What::Failure(_) => "NotReady (ProvisioningFailed)",
+    };
+    Ok(match out.result {
+        report_only::Delivery::Reported { status, attempts } => {
+            tracing::info!("VM {}: {kind} accepted (HTTP {status} after {attempts} attempt(s))", out.vm_id);
+            ExitCode::SUCCESS
+        }
+        report_only::Delivery::AlreadyReported => {
+            tracing::info!("VM {}: already reported (marker present): nothing sent", out.vm_id);
+            ExitCode::SUCCESS
+        }
+        report_only::Delivery::Unreported(e) => {
+            tracing::error!("VM {}: {kind} not delivered: {e}", out.vm_id);
+            ExitCode::from(exit::UNREPORTED as u8)
+        }
+    })
 }
 
 /// `azprov inspect endpoint --lease FILE…`: option 245 from the given files only (no route table, no fallback).

@@ -55,6 +55,9 @@ pub struct VmProgress {
     pub primary_mac: Option<String>,
 }
 
+/// The provisioned admin user's name (one line).
+const ADMIN_USER: &str = "admin-user";
+
 pub struct State<'a> {
     sys: &'a dyn System,
     dir: PathBuf,
@@ -124,6 +127,17 @@ impl<'a> State<'a> {
     pub fn summary(&self) -> io::Result<RunSummary> {
         let b = self.sys.read(&self.dir.join("last-run.json"))?;
         serde_json::from_slice(&b).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// Record the provisioned admin user's name (for `azprov deprovision --user`).
+    pub fn save_admin_user(&self, name: &str) -> io::Result<()> {
+        self.sys.write_file(&self.dir.join(ADMIN_USER), format!("{name}\n").as_bytes(), 0o600, None)
+    }
+
+    /// The recorded admin user's name, if any.
+    pub fn admin_user(&self) -> Option<String> {
+        let t = self.sys.read_to_string(&self.dir.join(ADMIN_USER)).ok()?;
+        Some(t.trim().to_string()).filter(|u| !u.is_empty())
     }
 
     /// The root-only copy of the OVF with the password redacted (diagnostics, rewritten on every run: not fsynced).
