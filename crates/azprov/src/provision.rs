@@ -536,6 +536,12 @@ impl<'a> Run<'a> {
                     let existed = duties::user::lookup(self.sys, name).is_some();
                     let _ = groups; // carried in the plan for --dry-run; the duty reads the same list from config
                     let (pw, o) = duties::user::ensure_with(self.sys, name, &self.cfg.duties.user);
+                    if pw.is_some() {
+                        // deprovision --user removes the account it finds recorded here
+                        if let Err(e) = self.state.save_admin_user(name) {
+                            tracing::warn!("cannot record the admin user: {e}");
+                        }
+                    }
                     user_created = !existed && pw.is_some();
                     user = pw;
                     o
