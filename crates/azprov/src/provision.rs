@@ -249,10 +249,6 @@ impl<'a> Run<'a> {
                 let imds = imds_thread.and_then(|h| h.join().ok()).and_then(|r| r.ok());
                 return self.dry_run(env.as_ref(), imds.as_ref());
             }
-            if self.opts.phase.local() && env.is_some() {
-                // a new VM from a generalized image: fresh host keys, generated while everything else goes on
-                self.start_host_keys(s);
-            }
             if self.opts.phase.local() {
                 let id = plan::identity(env.as_ref(), None);
                 let p = plan::plan(&self.vm_id, &id, self.cfg, &self.progress.done, Phase::Local);
@@ -263,6 +259,9 @@ impl<'a> Run<'a> {
                     if let Err(f) = self.local_side_steps(e) {
                         return self.fail(f);
                     }
+                    // a new VM from a generalized image needs fresh host keys: generated (about a second of CPU)
+                    // while the network round trips go on, after useradd & co so they do not compete for the CPU
+                    self.start_host_keys(s);
                 }
             }
             if !network {
