@@ -252,16 +252,20 @@ impl<'a> Run<'a> {
             if self.opts.phase.local() {
                 let id = plan::identity(env.as_ref(), None);
                 let p = plan::plan(&self.vm_id, &id, self.cfg, &self.progress.done, Phase::Local);
-                if let Err(f) = self.execute(&p, env.as_ref()) {
+                let identity = self.execute(&p, env.as_ref());
+                if env.is_some() {
+                    // a new VM from a generalized image needs fresh host keys: generated (about a second of CPU)
+                    // while the network round trips go on, after useradd & co so they do not compete for the CPU;
+                    // also when a duty failed, so that sshd can start for diagnostics
+                    self.start_host_keys(s);
+                }
+                if let Err(f) = identity {
                     return self.fail(f);
                 }
                 if let Some(e) = env.as_ref() {
                     if let Err(f) = self.local_side_steps(e) {
                         return self.fail(f);
                     }
-                    // a new VM from a generalized image needs fresh host keys: generated (about a second of CPU)
-                    // while the network round trips go on, after useradd & co so they do not compete for the CPU
-                    self.start_host_keys(s);
                 }
             }
             if !network {
