@@ -114,6 +114,14 @@ impl Env {
         self.azprov(&["provision"], extra)
     }
     pub fn azprov(&self, cmd: &[&str], extra: &[&str]) -> Output {
+        let url = self.sim.url();
+        self.azprov_with(cmd, extra, &url, &url)
+    }
+    /// `azprov provision` with explicit endpoint URLs (another simulator, or a closed port).
+    pub fn provision_with(&self, imds_url: &str, wireserver_url: &str) -> Output {
+        self.azprov_with(&["provision"], &[], imds_url, wireserver_url)
+    }
+    fn azprov_with(&self, cmd: &[&str], extra: &[&str], imds_url: &str, wireserver_url: &str) -> Output {
         let out = Command::new(env!("CARGO_BIN_EXE_azprov"))
             .args(cmd)
             .arg("--root")
@@ -123,8 +131,8 @@ impl Env {
             .args(extra)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("AZPROV_IMDS_URL", self.sim.url())
-            .env("AZPROV_WIRESERVER_URL", self.sim.url())
+            .env("AZPROV_IMDS_URL", imds_url)
+            .env("AZPROV_WIRESERVER_URL", wireserver_url)
             .env("AZPROV_LOG", "debug")
             .output()
             .expect("run azprov");
@@ -215,4 +223,12 @@ pub fn fixture(rel: &str) -> Option<String> {
         return None;
     }
     Some(std::fs::read_to_string(dir.join(rel)).unwrap_or_else(|e| panic!("fixture {rel}: {e}")))
+}
+
+/// `http://127.0.0.1:<port>` where nothing listens.
+pub fn closed_port_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    drop(l);
+    format!("http://127.0.0.1:{port}")
 }

@@ -124,15 +124,7 @@ fn root_reboot_same_vm_does_nothing_new_vm_provisions_again() {
     let clone = VmDefinition { vm_id: "0f2b1c9e-8d7a-4e6f-9a1b-2c3d4e5f6a7b".into(), ..vm.clone() };
     std::fs::write(env.path("/sys/class/dmi/id/product_uuid"), format!("{}\n", clone.product_uuid())).unwrap();
     let sim2 = azprov_sim::server::Simulator::start(clone.clone(), Faults::none()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_azprov"))
-        .args(["provision", "--root"])
-        .arg(env.root())
-        .arg("--config")
-        .arg(&env.config)
-        .env("AZPROV_IMDS_URL", sim2.url())
-        .env("AZPROV_WIRESERVER_URL", sim2.url())
-        .output()
-        .unwrap();
+    let out = env.provision_with(&sim2.url(), &sim2.url());
     assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     assert!(sim2.ready_reported());
     assert!(file_exists(&env.path(&format!("/var/lib/azprov/provisioned/{}", clone.vm_id))));
@@ -231,18 +223,7 @@ fn root_imds_unreachable_fails_with_connection_reason() {
     }
     let env = setup_with(vm(), Faults::none(), Dvd::Udf102, "[platform]\nimds_deadline_secs = 2\n", true);
     // IMDS at a closed loopback port, wireserver at the simulator
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_azprov"))
-        .args(["provision", "--root"])
-        .arg(env.root())
-        .arg("--config")
-        .arg(&env.config)
-        .env("AZPROV_IMDS_URL", format!("http://127.0.0.1:{port}"))
-        .env("AZPROV_WIRESERVER_URL", env.sim.url())
-        .output()
-        .unwrap();
+    let out = env.provision_with(&closed_port_url(), &env.sim.url());
     assert_failed_with(&env, &out, "connection error querying IMDS");
 }
 
@@ -411,18 +392,8 @@ fn root_specialized_disk_reports_only() {
 fn not_on_azure_changes_nothing() {
     // no root needed: nothing is changed
     let env = setup_with(vm(), Faults::none(), Dvd::Udf102, "", false);
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_azprov"))
-        .args(["provision", "--root"])
-        .arg(env.root())
-        .arg("--config")
-        .arg(&env.config)
-        .env("AZPROV_IMDS_URL", format!("http://127.0.0.1:{port}"))
-        .env("AZPROV_WIRESERVER_URL", format!("http://127.0.0.1:{port}"))
-        .output()
-        .unwrap();
+    let closed = closed_port_url();
+    let out = env.provision_with(&closed, &closed);
     assert_eq!(exit_code(&out), 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not running on Azure"));
     assert!(!file_exists(&env.path("/var/lib/azprov/ovf-env.xml")));
