@@ -256,11 +256,14 @@ pub struct HostKeysDuty {
     pub enabled: bool,
     /// The host key thumbprint posted to the wireserver after Ready (`sha256`, `md5` or `off`).
     pub report_fingerprint: FingerprintReport,
+    /// With the phase units: the local phase leaves key generation to `azprov provision --phase host-keys`
+    /// (azprov-host-keys.service, ordered only before sshd) instead of waiting for it, so Ready is not delayed.
+    pub own_unit: bool,
 }
 
 impl Default for HostKeysDuty {
     fn default() -> Self {
-        HostKeysDuty { enabled: true, report_fingerprint: FingerprintReport::Sha256 }
+        HostKeysDuty { enabled: true, report_fingerprint: FingerprintReport::Sha256, own_unit: true }
     }
 }
 

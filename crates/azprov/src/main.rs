@@ -41,6 +41,7 @@ enum PhaseArg {
     Local,
     Network,
     AfterReady,
+    HostKeys,
     All,
 }
 
@@ -226,6 +227,7 @@ fn run() -> anyhow::Result<ExitCode> {
                 PhaseArg::Local => PhaseSel::Local,
                 PhaseArg::Network => PhaseSel::Network,
                 PhaseArg::AfterReady => PhaseSel::AfterReady,
+                PhaseArg::HostKeys => PhaseSel::HostKeys,
                 PhaseArg::All => PhaseSel::All,
             };
             let opts = Options { phase, media, dry_run };

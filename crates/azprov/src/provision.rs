@@ -32,6 +32,8 @@ pub enum PhaseSel {
     Local,
     Network,
     AfterReady,
+    /// SSH host keys for a new VM id, when the local phase asked for them (azprov-host-keys.service).
+    HostKeys,
     All,
 }
 
@@ -109,8 +111,12 @@ struct Run<'a> {
 const TRANSPORT_KEY: &str = "transport.key";
 const TRANSPORT_CERT: &str = "transport.crt";
 
-/// Progress key of the host-key step (once per VM id).
+/// Step name of the host-key step (once per VM id; done-ness is the state's host-keys marker).
 const HOST_KEYS: &str = "host_keys";
+/// The local phase's request to the host-key phase (in the run directory): the VM id that needs new host keys.
+const HOST_KEYS_REQUEST: &str = "host-keys";
+/// Progress key: the host key thumbprint went to the platform (or was tried) for this VM id.
+const ROLE_PROPERTIES: &str = "role_properties";
 
 fn imds_client(cfg: &Config) -> HttpClient {
     HttpClient::new(
@@ -121,6 +127,9 @@ fn imds_client(cfg: &Config) -> HttpClient {
 
 /// Entry point for `azprov provision`.
 pub fn provision(sys: &dyn System, cfg: &Config, opts: &Options, clock: &dyn Clock) -> RunOutcome {
+    if opts.phase == PhaseSel::HostKeys {
+        return host_keys_phase(sys, cfg, opts, clock);
+    }
     let started = clock.now();
     let state = State::new(sys, &cfg.state.dir);
     let _lock = if opts.dry_run {
@@ -157,15 +166,13 @@ pub fn provision(sys: &dyn System, cfg: &Config, opts: &Options, clock: &dyn Clo
 }
 
 fn early(code: i32, msg: &str) -> RunOutcome {
+    quick(code, RunResult::Error, msg)
+}
+
+fn quick(code: i32, result: RunResult, msg: &str) -> RunOutcome {
     RunOutcome {
         exit_code: code,
-        summary: RunSummary {
-            vm_id: None,
-            result: RunResult::Error,
-            reason: Some(msg.into()),
-            reported: false,
-            steps: vec![],
-        },
+        summary: RunSummary { vm_id: None, result, reason: Some(msg.into()), reported: false, steps: vec![] },
         message: msg.into(),
         plan: None,
     }
@@ -256,8 +263,13 @@ impl<'a> Run<'a> {
                 if env.is_some() {
                     // a new VM from a generalized image needs fresh host keys: generated (about a second of CPU)
                     // while the network round trips go on, after useradd & co so they do not compete for the CPU;
-                    // also when a duty failed, so that sshd can start for diagnostics
-                    self.start_host_keys(s);
+                    // also when a duty failed, so that sshd can start for diagnostics. With the phase units, the
+                    // host-key unit (ordered only before sshd) does it and this phase does not wait for it.
+                    if self.opts.phase == PhaseSel::Local && self.cfg.duties.host_keys.own_unit {
+                        self.request_host_keys();
+                    } else {
+                        self.start_host_keys(s);
+                    }
                 }
                 if let Err(f) = identity {
                     return self.fail(f);
@@ -294,8 +306,10 @@ impl<'a> Run<'a> {
     where
         'a: 'scope,
     {
-        let done = self.progress.done.iter().any(|d| d == HOST_KEYS);
-        if !self.cfg.duties.host_keys.enabled || done || self.host_keys.is_some() {
+        if !self.cfg.duties.host_keys.enabled || self.host_keys.is_some() || self.host_keys_pending() {
+            return;
+        }
+        if self.state.host_keys_done(&self.vm_id) {
             return;
         }
         let (tx, rx) = mpsc::channel();
@@ -308,11 +322,48 @@ impl<'a> Run<'a> {
         self.host_keys = Some(rx);
     }
 
+    /// The local phase of the split units: ask the host-key phase for new keys (the request names the VM id).
+    fn request_host_keys(&mut self) {
+        if !self.cfg.duties.host_keys.enabled || self.state.host_keys_done(&self.vm_id) {
+            return;
+        }
+        let t = self.clock.now();
+        let path = self.cfg.state.run_dir.join(HOST_KEYS_REQUEST);
+        let written = self
+            .sys
+            .create_dir_all(&self.cfg.state.run_dir, 0o700, None)
+            .and_then(|_| self.sys.write_file_unsynced(&path, format!("{}\n", self.vm_id).as_bytes(), 0o600, None));
+        match written {
+            Ok(()) => self.record(
+                HOST_KEYS,
+                StepOutcome::Skipped,
+                t,
+                "left to the host-key phase (azprov-host-keys.service, before sshd)".into(),
+            ),
+            Err(e) => {
+                self.warn(&format!("cannot ask the host-key phase for new keys ({e}): generating them here"));
+            }
+        }
+    }
+
+    /// The host-key phase owns this VM id's keys: the local phase asked and the host-key phase has not finished.
+    /// (The host-key phase writes its marker before it removes the request, so "no request" then "no marker" means
+    /// nobody generated them.)
+    fn host_keys_pending(&self) -> bool {
+        host_keys_requested(self.sys, self.cfg, &self.vm_id)
+    }
+
     /// Wait for host keys (if generating), report their fingerprints, and send them to the platform after Ready.
     fn finish_host_keys(&mut self) {
         let Some(rx) = self.host_keys.take() else {
             if self.ready_now {
-                self.role_properties();
+                if self.host_keys_pending() {
+                    let t = self.clock.now();
+                    let why = "host keys are being generated by the host-key phase: the after-Ready phase reports them";
+                    self.record("role_properties", StepOutcome::Skipped, t, why.into());
+                } else {
+                    self.role_properties();
+                }
             }
             return;
         };
@@ -326,41 +377,31 @@ impl<'a> Run<'a> {
             }
         };
         tracing::info!("host_keys: {detail}");
-        self.steps.push(StepRecord { name: HOST_KEYS.into(), outcome: so, duration_ms: ms, detail });
         if so != StepOutcome::Failed {
-            self.progress.done.push(HOST_KEYS.into());
-            self.save_progress();
-        }
-        let fps = duties::host_keys::fingerprints(self.sys);
-        if !fps.is_empty() {
-            // users compare these with their first login; boot diagnostics shows the console
-            let block = duties::host_keys::console_block(&fps);
-            tracing::info!("\n{block}");
-            if self.cfg.duties.serial_console.mirror {
-                for line in block.lines() {
-                    duties::serial_console::mirror(self.sys, line);
-                }
-            }
-            if self.cfg.kvp.enabled {
-                let key =
-                    format!("azprov|{}|host_keys|fingerprints|{}|{}", self.boot_epoch, self.vm_id, timeutil::uuid4());
-                let rec = kvp::records(&key, &duties::host_keys::kvp_value(&fps));
-                if let Err(e) = self.sys.kvp_append(&self.cfg.kvp.pool_path, &rec) {
-                    tracing::warn!("cannot write KVP: {e}");
-                }
+            let rec =
+                serde_json::json!({"outcome": so, "duration_ms": ms, "at": timeutil::iso8601_utc(timeutil::now_us())});
+            if let Err(e) = self.state.mark_host_keys(&self.vm_id, &rec.to_string()) {
+                self.warn(&format!("cannot record the new host keys: {e}"));
             }
         }
+        self.steps.push(StepRecord { name: HOST_KEYS.into(), outcome: so, duration_ms: ms, detail });
+        publish_fingerprints(self.sys, self.cfg, self.boot_epoch, &self.vm_id);
         if self.ready_now {
             self.role_properties();
         }
     }
 
     /// The host key thumbprint to the platform (role properties, HTTP 202); logged on failure, never fatal.
+    /// Tried once per VM id.
     fn role_properties(&mut self) {
         let format = self.cfg.duties.host_keys.report_fingerprint;
         let t = self.clock.now();
         if format == crate::config::FingerprintReport::Off || !self.cfg.duties.host_keys.enabled {
             return;
+        }
+        if !self.progress.done.iter().any(|d| d == ROLE_PROPERTIES) {
+            self.progress.done.push(ROLE_PROPERTIES.into());
+            self.save_progress();
         }
         let fps = duties::host_keys::fingerprints(self.sys);
         let Some(thumb) = duties::host_keys::thumbprint(&fps, format) else {
@@ -827,6 +868,12 @@ impl<'a> Run<'a> {
             self.routes();
         }
         if matches!(self.opts.phase, PhaseSel::AfterReady | PhaseSel::All) {
+            // the split units: the host-key phase finished (this unit is ordered after it) and the network phase
+            // left the thumbprint to us
+            let sent = self.progress.done.iter().any(|d| d == ROLE_PROPERTIES);
+            if !sent && self.state.host_keys_done(&self.vm_id) && !self.host_keys_pending() {
+                self.role_properties();
+            }
             self.after_ready();
         }
     }
@@ -1013,6 +1060,97 @@ impl<'a> Run<'a> {
         }
         RunOutcome { exit_code: code, summary, message, plan: None }
     }
+}
+
+/// Did the local phase ask the host-key phase for new keys for this VM id (and is the request still open)?
+fn host_keys_requested(sys: &dyn System, cfg: &Config, vm_id: &str) -> bool {
+    sys.read_to_string(&cfg.state.run_dir.join(HOST_KEYS_REQUEST))
+        .map(|r| identity::same_vm_id(r.trim(), vm_id))
+        .unwrap_or(false)
+}
+
+/// The host keys' fingerprints to the log, the serial console and KVP: users compare them at their first login, and
+/// boot diagnostics shows the console.
+fn publish_fingerprints(sys: &dyn System, cfg: &Config, boot_epoch: i64, vm_id: &str) {
+    let fps = duties::host_keys::fingerprints(sys);
+    if fps.is_empty() {
+        return;
+    }
+    let block = duties::host_keys::console_block(&fps);
+    tracing::info!("\n{block}");
+    if cfg.duties.serial_console.mirror {
+        for line in block.lines() {
+            duties::serial_console::mirror(sys, line);
+        }
+    }
+    if cfg.kvp.enabled {
+        let key = format!("azprov|{boot_epoch}|host_keys|fingerprints|{vm_id}|{}", timeutil::uuid4());
+        let rec = kvp::records(&key, &duties::host_keys::kvp_value(&fps));
+        if let Err(e) = sys.kvp_append(&cfg.kvp.pool_path, &rec) {
+            tracing::warn!("cannot write KVP: {e}");
+        }
+    }
+}
+
+/// `--phase host-keys` (azprov-host-keys.service, after the local phase, before sshd): new SSH host keys when the
+/// local phase asked for them for this VM id. Its own lock, beside the network phase; it touches neither the
+/// progress record nor the last-run summary (the network phase owns those).
+fn host_keys_phase(sys: &dyn System, cfg: &Config, opts: &Options, clock: &dyn Clock) -> RunOutcome {
+    let state = State::new(sys, &cfg.state.dir);
+    if opts.dry_run {
+        return quick(exit::OK, RunResult::Success, "host-key phase: a dry run changes nothing");
+    }
+    let _lock = match state.lock_host_keys() {
+        Ok(l) => l,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            return early(exit::BUSY, "another azprov host-key phase is running");
+        }
+        Err(e) => return early(exit::FAILED, &format!("cannot lock the state directory: {e}")),
+    };
+    let request = cfg.state.run_dir.join(HOST_KEYS_REQUEST);
+    let vm_id = match read_identity(sys).0 {
+        Ok(id) => id,
+        Err(f) => return early(exit::FAILED, &f.to_string()),
+    };
+    if !host_keys_requested(sys, cfg, &vm_id) {
+        let _ = sys.remove_file(&request);
+        return quick(exit::OK, RunResult::Success, &format!("VM {vm_id}: no new host keys were asked for"));
+    }
+    if state.host_keys_done(&vm_id) || !cfg.duties.host_keys.enabled {
+        let _ = sys.remove_file(&request);
+        return quick(exit::OK, RunResult::Success, &format!("VM {vm_id}: host keys already made for this VM id"));
+    }
+    let t = clock.now();
+    let outcome = duties::host_keys::regenerate(sys);
+    let ms = clock.now().duration_since(t).as_millis() as u64;
+    let (so, detail, code) = match outcome {
+        Outcome::Done(d) => (StepOutcome::Done, d, exit::OK),
+        Outcome::Skipped(d) => (StepOutcome::Skipped, d, exit::OK),
+        Outcome::Failed(f) => (StepOutcome::Failed, f.to_string(), exit::FAILED),
+    };
+    if so != StepOutcome::Failed {
+        let rec =
+            serde_json::json!({"outcome": so, "duration_ms": ms, "at": timeutil::iso8601_utc(timeutil::now_us())});
+        if let Err(e) = state.mark_host_keys(&vm_id, &rec.to_string()) {
+            tracing::warn!("cannot record the new host keys: {e}");
+        }
+    }
+    // the marker first, then the request goes: the network phase never sees neither
+    let _ = sys.remove_file(&request);
+    let boot_epoch = sys.boot_time().unwrap_or(0);
+    if cfg.kvp.enabled {
+        let key = format!("azprov|{boot_epoch}|step|{HOST_KEYS}|{vm_id}|{}", timeutil::uuid4());
+        let value = serde_json::json!({"outcome": so, "duration_ms": ms, "detail": detail}).to_string();
+        if let Err(e) = sys.kvp_append(&cfg.kvp.pool_path, &kvp::records(&key, &value)) {
+            tracing::warn!("cannot write KVP: {e}");
+        }
+    }
+    publish_fingerprints(sys, cfg, boot_epoch, &vm_id);
+    let result = if code == exit::OK { RunResult::Success } else { RunResult::Error };
+    let mut out = quick(code, result, &format!("VM {vm_id}: host keys: {detail} ({ms} ms)"));
+    out.summary.vm_id = Some(vm_id);
+    out.summary.steps.push(StepRecord { name: HOST_KEYS.into(), outcome: so, duration_ms: ms, detail });
+    out
 }
 
 fn media_failure(e: MediaError) -> Failure {

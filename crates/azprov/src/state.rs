@@ -99,6 +99,36 @@ impl<'a> State<'a> {
         self.sys.write_file(&self.marker(vm_id), format!("{report_timestamp}\n").as_bytes(), 0o600, None)
     }
 
+    /// The host-key phase's own lock: it runs beside the network phase (which holds the main lock).
+    pub fn lock_host_keys(&self) -> io::Result<Box<dyn Lock>> {
+        self.sys.create_dir_all(&self.dir, 0o700, None)?;
+        self.sys.lock_exclusive(&self.dir.join("host-keys.lock"))
+    }
+
+    fn host_keys_marker(&self, vm_id: &str) -> PathBuf {
+        self.dir.join("host-keys").join(vm_id.to_ascii_lowercase())
+    }
+
+    /// Host keys were regenerated for this VM id (also under the byte-swapped form, or recorded as a progress step
+    /// by an earlier version).
+    pub fn host_keys_done(&self, vm_id: &str) -> bool {
+        if self.sys.exists(&self.host_keys_marker(vm_id)) {
+            return true;
+        }
+        let swapped = self
+            .sys
+            .read_dir(&self.dir.join("host-keys"))
+            .map(|names| names.iter().any(|n| crate::platform::identity::same_vm_id(n, vm_id)))
+            .unwrap_or(false);
+        swapped || self.progress(vm_id).done.iter().any(|d| d == "host_keys")
+    }
+
+    /// Written once the host keys of this VM id exist (one JSON line: when and what).
+    pub fn mark_host_keys(&self, vm_id: &str, record: &str) -> io::Result<()> {
+        self.sys.create_dir_all(&self.dir.join("host-keys"), 0o700, None)?;
+        self.sys.write_file(&self.host_keys_marker(vm_id), format!("{record}\n").as_bytes(), 0o600, None)
+    }
+
     fn progress_path(&self) -> PathBuf {
         self.dir.join("progress.json")
     }
@@ -183,6 +213,28 @@ mod tests {
         assert_eq!(st.summary().unwrap(), s);
         let json = serde_json::to_string(&s).unwrap();
         assert!(json.contains("\"in-progress\""));
+    }
+
+    #[test]
+    fn host_keys_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = RealSystem::new(dir.path());
+        let st = State::new(&sys, Path::new("/var/lib/azprov"));
+        let id = "91267c52-9f02-4cfe-b1f4-a4da7ebac2cf";
+        assert!(!st.host_keys_done(id));
+        st.mark_host_keys(id, "{}").unwrap();
+        assert!(st.host_keys_done(id));
+        assert!(st.host_keys_done("527c2691-029f-fe4c-b1f4-a4da7ebac2cf"), "swapped form accepted");
+        assert!(!st.host_keys_done("00000000-9f02-4cfe-b1f4-a4da7ebac2cf"));
+        // an earlier version recorded it as a progress step
+        let other = "11111111-2222-3333-4444-555555555555";
+        st.save_progress(&VmProgress { vm_id: other.into(), done: vec!["host_keys".into()], primary_mac: None })
+            .unwrap();
+        assert!(st.host_keys_done(other));
+        // its own lock, independent of the main one
+        let _main = st.lock().unwrap();
+        let _hk = st.lock_host_keys().unwrap();
+        assert!(st.lock_host_keys().is_err());
     }
 
     #[test]
