@@ -21,6 +21,30 @@ pub struct Config {
     pub kvp: KvpConfig,
     pub duties: Duties,
     pub deprovision: DeprovisionConfig,
+    pub pps: PpsConfig,
+}
+
+/// Pre-provisioned (pool) VMs (platform.md §10): how long each wait may last. 0 = no bound (the platform decides
+/// when a pooled VM is assigned: minutes or days).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PpsConfig {
+    /// Wait for the assignment signal (Running: the NIC's link down and up; Savable: NIC detached and a new one
+    /// attached).
+    pub assignment_wait_secs: u64,
+    /// Poll `/metadata/reprovisiondata` for the customer's OVF.
+    pub reprovision_wait_secs: u64,
+    /// DHCP on a hot-attached NIC (Savable).
+    pub dhcp_wait_secs: u64,
+    /// PreprovisionedOSDisk: after the pool's Ready the host shuts the VM down; if it has not after this long, the
+    /// wait ends with `error waiting for host shutdown`.
+    pub os_disk_wait_secs: u64,
+}
+
+impl Default for PpsConfig {
+    fn default() -> Self {
+        PpsConfig { assignment_wait_secs: 0, reprovision_wait_secs: 0, dhcp_wait_secs: 1200, os_disk_wait_secs: 0 }
+    }
 }
 
 /// `azprov deprovision` settings.

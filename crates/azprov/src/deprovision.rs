@@ -1,6 +1,7 @@
 //! Generalize an image before capture (platform.md §11): remove what belongs to one VM (host keys, machine-id,
-//! DHCP leases, our state, cached OVF/customData, our drop-ins, fstab lines and swap file, KVP pool, shell
-//! histories), reset the host name, optionally lock root's password and, with `user`, delete the provisioned admin
+//! DHCP leases and a DHCP-written resolv.conf, our state, cached OVF/customData, our drop-ins, fstab lines and swap
+//! file, KVP pool, cloud-init's instance state and logs, WALinuxAgent's log, shell histories), reset the host name
+//! (also where dhclient would send a fixed one), optionally lock root's password and, with `user`, delete the provisioned admin
 //! user and its sudoers line.
 //!
 //! The work is planned first (read only), so `dry_run` lists exactly what a real run would do. It never prompts:
@@ -284,6 +285,28 @@ pub fn plan(sys: &dyn System, cfg: &Config, opts: &Options, notes: &mut Vec<Stri
         }
     }
 
+    // WALinuxAgent's log (its state stays: extensions need it); cloud-init's instance state and logs, like
+    // `cloud-init clean --logs` (everything in /var/lib/cloud but the seed directory)
+    let walog = Path::new("/var/log/waagent.log");
+    if exists(sys, walog) {
+        remove.push(walog.into());
+    }
+    if let Ok(names) = sys.read_dir(Path::new("/var/lib/cloud")) {
+        for n in names.iter().filter(|n| n.as_str() != "seed") {
+            let p = Path::new("/var/lib/cloud").join(n);
+            match sys.stat(&p) {
+                Ok(i) if i.is_dir && !i.is_symlink => files_under(sys, &p, &|_| true, &mut remove),
+                Ok(_) => remove.push(p),
+                Err(_) => {}
+            }
+        }
+    }
+    if let Ok(names) = sys.read_dir(Path::new("/var/log")) {
+        for n in names.iter().filter(|n| n.starts_with("cloud-init") && n.contains(".log")) {
+            remove.push(Path::new("/var/log").join(n));
+        }
+    }
+
     // our drop-ins and MAC-bound link files
     if exists(sys, &cfg.duties.sshd.drop_in) {
         remove.push(cfg.duties.sshd.drop_in.clone());
@@ -350,6 +373,31 @@ pub fn plan(sys: &dyn System, cfg: &Config, opts: &Options, notes: &mut Vec<Stri
         if new != text {
             changes.push(Change::Rewrite { path: hosts.into(), text: Some(new), why: "our 127.0.1.1 line".into() });
         }
+    }
+
+    // dhclient configured with a literal name sends the image's name from the next VM: send gethostname() instead
+    for conf in ["/etc/dhcp/dhclient.conf", "/etc/dhcp3/dhclient.conf", "/etc/dhclient.conf"] {
+        let Ok(text) = sys.read_to_string(Path::new(conf)) else { continue };
+        let literal = text.lines().any(|l| {
+            let t = l.trim_start();
+            t.starts_with("send host-name") && !t.contains("gethostname()")
+        });
+        if literal {
+            changes.push(Change::Rewrite {
+                path: conf.into(),
+                text: Some(crate::duties::hostname_publish::dhclient_conf_with_hostname(&text)),
+                why: "send host-name = gethostname() instead of a fixed name".into(),
+            });
+        }
+    }
+
+    // resolv.conf written by the DHCP client of this VM (a regular file); the links to systemd-resolved's or
+    // resolvconf's files are the distribution's and stay
+    let resolv = Path::new("/etc/resolv.conf");
+    match sys.stat(resolv) {
+        Ok(i) if i.is_file && !i.is_symlink => remove.push(resolv.into()),
+        Ok(i) if i.is_symlink => notes.push("/etc/resolv.conf is a link (resolver service): kept".into()),
+        _ => {}
     }
 
     // root password
@@ -422,6 +470,14 @@ mod tests {
             "root:x:0:0:root:/root:/bin/bash\nazureuser:x:1000:1000::/home/azureuser:/bin/bash\nother:x:1001:1001::/home/other:/bin/sh\n",
         );
         put(root, "/etc/hostname", "web-01\n");
+        put(root, "/etc/resolv.conf", "nameserver 168.63.129.16\nsearch abc.internal.cloudapp.net\n");
+        put(root, "/etc/dhcp/dhclient.conf", "# conf\nsend host-name \"web-01\";\nrequest subnet-mask;\n");
+        put(root, "/var/lib/cloud/instances/iid-1/user-data.txt", "secret");
+        put(root, "/var/lib/cloud/data/instance-id", "iid-1\n");
+        put(root, "/var/lib/cloud/seed/nocloud/meta-data", "keep");
+        put(root, "/var/log/cloud-init.log", "log");
+        put(root, "/var/log/cloud-init-output.log", "log");
+        put(root, "/var/log/waagent.log", "log");
         put(root, "/etc/hosts", "127.0.0.1\tlocalhost\n127.0.1.1\tweb-01\n");
     }
 
@@ -478,6 +534,12 @@ mod tests {
         "/var/lib/hyperv/.kvp_pool_1",
         "/root/.bash_history",
         "/home/other/.bash_history",
+        "/etc/resolv.conf",
+        "/var/lib/cloud/instances/iid-1/user-data.txt",
+        "/var/lib/cloud/data/instance-id",
+        "/var/log/cloud-init.log",
+        "/var/log/cloud-init-output.log",
+        "/var/log/waagent.log",
     ];
 
     #[test]
@@ -492,8 +554,12 @@ mod tests {
         for p in REMOVED {
             assert!(listed.contains(&PathBuf::from(p)), "{p} not listed: {listed:?}");
         }
-        for keep in ["/var/lib/waagent/Extensions.conf", "/etc/systemd/network/99-default.link", "/etc/ssh/sshd_config"]
-        {
+        for keep in [
+            "/var/lib/waagent/Extensions.conf",
+            "/etc/systemd/network/99-default.link",
+            "/etc/ssh/sshd_config",
+            "/var/lib/cloud/seed/nocloud/meta-data",
+        ] {
             assert!(!listed.contains(&PathBuf::from(keep)), "{keep} listed");
         }
         assert!(r.changes.iter().any(|c| matches!(c, Change::Run { cmd, .. } if cmd.program == "userdel")));
@@ -518,6 +584,8 @@ mod tests {
         assert_eq!(read("etc/fstab"), "UUID=1 / ext4 defaults 0 1\n");
         assert_eq!(read("var/lib/waagent/Extensions.conf"), "keep");
         assert_eq!(read("etc/ssh/sshd_config"), "Port 22\n");
+        assert_eq!(read("etc/dhcp/dhclient.conf"), "# conf\nsend host-name = gethostname();\nrequest subnet-mask;\n");
+        assert_eq!(read("var/lib/cloud/seed/nocloud/meta-data"), "keep");
         assert!(sys.commands().is_empty(), "no --user, no root lock: no command");
         // a second run has nothing left to remove
         let again = deprovision(&sys, &Config::default(), &Options { dry_run: true, ..Default::default() }).unwrap();
@@ -538,6 +606,21 @@ mod tests {
         // a dry run is allowed: it changes nothing
         assert!(deprovision(&sys, &Config::default(), &Options { dry_run: true, ..Default::default() }).is_ok());
         assert_eq!(snapshot(d.path()), before);
+    }
+
+    #[test]
+    fn resolver_link_and_generic_dhclient_conf_kept() {
+        let d = tempfile::tempdir().unwrap();
+        image(d.path());
+        std::fs::remove_file(d.path().join("etc/resolv.conf")).unwrap();
+        std::os::unix::fs::symlink("../run/systemd/resolve/stub-resolv.conf", d.path().join("etc/resolv.conf"))
+            .unwrap();
+        put(d.path(), "/etc/dhcp/dhclient.conf", "send host-name = gethostname();\n");
+        let sys = RecordingSystem::new(d.path());
+        let r = deprovision(&sys, &Config::default(), &Options { dry_run: true, ..Default::default() }).unwrap();
+        assert!(!r.removed_paths().contains(&PathBuf::from("/etc/resolv.conf")));
+        assert!(r.notes.iter().any(|n| n.contains("resolv.conf")), "{:?}", r.notes);
+        assert!(!r.changes.iter().any(|c| c.describe().contains("dhclient.conf")), "{:?}", r.changes);
     }
 
     #[test]

@@ -19,6 +19,54 @@ pub enum Phase {
     AfterReady,
 }
 
+/// Pre-provisioned (pool) VM types (platform.md §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum PpsKind {
+    /// A normal VM.
+    None,
+    /// Assigned by moving the NIC: its link goes down and up.
+    Running,
+    /// Suspended in the pool; assigned by detaching the pool NIC and hot-attaching the customer's.
+    Savable,
+    /// The host shuts the VM down and reuses its OS disk.
+    OsDisk,
+    /// Rebooted while in the pool (our intermediate-Ready marker exists): only wait for the customer's OVF.
+    Unknown,
+}
+
+impl PpsKind {
+    /// The name the reports use (IMDS `ppsType` spelling).
+    pub fn name(self) -> &'static str {
+        match self {
+            PpsKind::None => "None",
+            PpsKind::Running => "Running",
+            PpsKind::Savable => "Savable",
+            PpsKind::OsDisk => "PreprovisionedOSDisk",
+            PpsKind::Unknown => "Unknown",
+        }
+    }
+}
+
+/// The pool type, first match wins (cloud-init's order): our intermediate-Ready marker → `Unknown`; OVF
+/// `PreprovisionedVMType` or IMDS `ppsType` `Savable` → `Savable`, `PreprovisionedOSDisk` → `OsDisk`; OVF
+/// `PreprovisionedVm=true` or type `Running` → `Running`; else `None`.
+pub fn pps_kind(ovf: Option<&Environment>, imds_pps_type: Option<&str>, pool_marker: bool) -> PpsKind {
+    if pool_marker {
+        return PpsKind::Unknown;
+    }
+    let ovf_type = ovf.and_then(|o| o.preprovisioned_vm_type.as_deref());
+    let is = |want: &str| [ovf_type, imds_pps_type].iter().flatten().any(|t| t.trim().eq_ignore_ascii_case(want));
+    if is("Savable") {
+        PpsKind::Savable
+    } else if is("PreprovisionedOSDisk") {
+        PpsKind::OsDisk
+    } else if is("Running") || ovf.is_some_and(|o| o.preprovisioned_vm) {
+        PpsKind::Running
+    } else {
+        PpsKind::None
+    }
+}
+
 /// One SSH public key as the platform sent it, with the platform's target path (OVF `PublicKey/Path`, IMDS
 /// `publicKeys[].path`) when it gave one. Where the key finally goes depends on the passwd home and the effective
 /// sshd `AuthorizedKeysFile`, which the duty resolves (`duties::ssh_keys::install`).
@@ -294,5 +342,28 @@ mod tests {
         id3.hostname = Some("other".into());
         let p3 = plan("vm", &id3, &cfg, &done, Phase::Network);
         assert!(p3.steps[0].skip.is_none());
+    }
+
+    #[test]
+    fn pps_kind_first_match_wins() {
+        let pool = |vm: bool, t: Option<&str>| Environment {
+            preprovisioned_vm: vm,
+            preprovisioned_vm_type: t.map(String::from),
+            ..ovf()
+        };
+        assert_eq!(pps_kind(Some(&ovf()), None, false), PpsKind::None);
+        assert_eq!(pps_kind(Some(&ovf()), Some("None"), false), PpsKind::None);
+        assert_eq!(pps_kind(None, None, false), PpsKind::None);
+        assert_eq!(pps_kind(Some(&pool(true, None)), None, false), PpsKind::Running);
+        assert_eq!(pps_kind(Some(&pool(true, Some("Running"))), None, false), PpsKind::Running);
+        assert_eq!(pps_kind(Some(&pool(true, Some("Savable"))), None, false), PpsKind::Savable);
+        assert_eq!(pps_kind(Some(&pool(true, Some("PreprovisionedOSDisk"))), None, false), PpsKind::OsDisk);
+        // IMDS alone is enough, and Savable beats Running
+        assert_eq!(pps_kind(None, Some("Savable"), false), PpsKind::Savable);
+        assert_eq!(pps_kind(Some(&pool(true, Some("Running"))), Some("savable"), false), PpsKind::Savable);
+        assert_eq!(pps_kind(None, Some("Running"), false), PpsKind::Running);
+        // our marker after a reboot in the pool
+        assert_eq!(pps_kind(Some(&pool(true, Some("Savable"))), None, true), PpsKind::Unknown);
+        assert_eq!(PpsKind::OsDisk.name(), "PreprovisionedOSDisk");
     }
 }

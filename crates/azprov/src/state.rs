@@ -129,6 +129,32 @@ impl<'a> State<'a> {
         self.sys.write_file(&self.host_keys_marker(vm_id), format!("{record}\n").as_bytes(), 0o600, None)
     }
 
+    fn pool_marker(&self) -> PathBuf {
+        self.dir.join("pps-ready")
+    }
+
+    /// A pre-provisioned VM reported its intermediate Ready for this VM id (and waits for its customer).
+    pub fn pool_reported(&self, vm_id: &str) -> bool {
+        self.sys
+            .read_to_string(&self.pool_marker())
+            .map(|t| crate::platform::identity::same_vm_id(t.trim(), vm_id))
+            .unwrap_or(false)
+    }
+
+    /// Written only after the intermediate Ready was accepted (cloud-init PR #590).
+    pub fn mark_pool_reported(&self, vm_id: &str) -> io::Result<()> {
+        self.sys.create_dir_all(&self.dir, 0o700, None)?;
+        self.sys.write_file(&self.pool_marker(), format!("{vm_id}\n").as_bytes(), 0o600, None)
+    }
+
+    /// The customer's provisioning is done: the pool marker goes.
+    pub fn clear_pool_reported(&self) -> io::Result<()> {
+        match self.sys.remove_file(&self.pool_marker()) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     fn progress_path(&self) -> PathBuf {
         self.dir.join("progress.json")
     }

@@ -295,4 +295,58 @@ pub trait System: Send + Sync {
         let stat = self.read_to_string(Path::new("/proc/stat")).ok()?;
         stat.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse().ok())
     }
+
+    /// A message to the service manager (`sd_notify`, e.g. `EXTEND_TIMEOUT_USEC=…`): only on the live system and
+    /// only when systemd gave us `$NOTIFY_SOCKET` (the unit says `NotifyAccess=main`). `Ok(false)`: not sent.
+    fn sd_notify(&self, state: &str) -> io::Result<bool> {
+        if !self.is_live() {
+            return Ok(false);
+        }
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return Ok(false);
+        };
+        notify_socket_send(&path, state)?;
+        Ok(true)
+    }
+}
+
+/// Send one datagram to the service manager's notification socket (a path, or `@name` in the abstract namespace).
+fn notify_socket_send(path: &std::ffi::OsStr, state: &str) -> io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let bytes = path.as_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name)?,
+        None => SocketAddr::from_pathname(Path::new(path))?,
+    };
+    let sock = UnixDatagram::unbound()?;
+    sock.send_to_addr(state.as_bytes(), &addr)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_socket_path_and_abstract() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let server = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        notify_socket_send(path.as_os_str(), "EXTEND_TIMEOUT_USEC=5000000").unwrap();
+        let mut buf = [0u8; 64];
+        let n = server.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"EXTEND_TIMEOUT_USEC=5000000");
+
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("azprov-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let server = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+        notify_socket_send(std::ffi::OsStr::new(&format!("@{name}")), "STATUS=x").unwrap();
+        let n = server.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STATUS=x");
+        // nobody listening: an error, never a panic
+        assert!(notify_socket_send(dir.path().join("absent").as_os_str(), "X=1").is_err());
+    }
 }
