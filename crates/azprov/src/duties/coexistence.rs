@@ -871,7 +871,7 @@ ResourceDisk.Format=y
         assert_eq!((again.as_str(), none.len()), (new.as_str(), 0));
         // WALinuxAgent reads the result as wanted
         for (k, v) in WAAGENT_SETTINGS {
-            let last = new.lines().filter_map(waagent_line).filter(|(key, _)| key == k).last().unwrap();
+            let last = new.lines().filter_map(waagent_line).rfind(|(key, _)| key == k).unwrap();
             assert!(waagent_value_ok(v, last.1), "{k}: {last:?}");
         }
     }
