@@ -45,6 +45,7 @@ impl Default for PpsConfig {
     fn default() -> Self {
         PpsConfig { assignment_wait_secs: 0, reprovision_wait_secs: 0, dhcp_wait_secs: 1200, os_disk_wait_secs: 0 }
     }
+    pub coexistence: CoexistenceConfig,
 }
 
 /// `azprov deprovision` settings.
@@ -53,6 +54,35 @@ impl Default for PpsConfig {
 pub struct DeprovisionConfig {
     /// Lock root's password (`root:*LOCK*`) when generalizing (also `--lock-root-password`).
     pub lock_root_password: bool,
+}
+
+/// What to do when cloud-init's Azure datasource would also provision this VM (platform.md §12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloudInitPolicy {
+    /// Change nothing, report nothing, exit 2 and say why (default).
+    Refuse,
+    /// Provision anyway (a warning is logged): for images where cloud-init is known not to report.
+    Ignore,
+}
+
+/// Living with the other agents an image may carry (platform.md §12, §4.3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoexistenceConfig {
+    /// cloud-init with an active Azure datasource: `refuse` or `ignore`.
+    pub cloud_init: CloudInitPolicy,
+    /// When `/etc/waagent.conf` exists, set `Provisioning.Agent=disabled` and hand the resource disk, swap, host
+    /// name monitoring and host key regeneration to azprov.
+    pub waagent_conf: bool,
+    /// `ProvisionGuestProxyAgent=true`: wait this long for `azure-proxy-agent --status --wait` (seconds).
+    pub proxy_agent_wait_secs: u64,
+}
+
+impl Default for CoexistenceConfig {
+    fn default() -> Self {
+        CoexistenceConfig { cloud_init: CloudInitPolicy::Refuse, waagent_conf: true, proxy_agent_wait_secs: 120 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -711,6 +741,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("b.toml") && e.contains("filesystem"), "{e}");
+    }
+
+    #[test]
+    fn coexistence_section() {
+        let c = from_sources(&[], &no_env).unwrap().coexistence;
+        assert_eq!(
+            c,
+            CoexistenceConfig { cloud_init: CloudInitPolicy::Refuse, waagent_conf: true, proxy_agent_wait_secs: 120 }
+        );
+        let t = "[coexistence]\ncloud_init = \"ignore\"\nwaagent_conf = false\nproxy_agent_wait_secs = 30\n";
+        let c = from_sources(&[src("a.toml", t)], &no_env).unwrap().coexistence;
+        assert_eq!(
+            c,
+            CoexistenceConfig { cloud_init: CloudInitPolicy::Ignore, waagent_conf: false, proxy_agent_wait_secs: 30 }
+        );
+        let c = from_sources(&[src("a.toml", "[coexistence]\ncloud_init = \"refuse\"\n")], &no_env).unwrap();
+        assert_eq!(c.coexistence.cloud_init, CloudInitPolicy::Refuse);
+        let e =
+            from_sources(&[src("b.toml", "[coexistence]\ncloud_init = \"force\"\n")], &no_env).unwrap_err().to_string();
+        assert!(e.contains("b.toml") && e.contains("cloud_init"), "{e}");
+        let e = from_sources(&[src("c.toml", "[coexistence]\nwaagent = true\n")], &no_env).unwrap_err().to_string();
+        assert!(e.contains("c.toml") && e.contains("waagent"), "{e}");
+        let e = from_sources(&[src("d.toml", "[coexistence]\nproxy_agent_wait_secs = -1\n")], &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("d.toml") && e.contains("proxy_agent_wait_secs"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One module per duty. Each takes its inputs and `&dyn System` and returns an `Outcome`; duties never talk to
 //! the platform (the report does).
 
+pub mod coexistence;
 pub mod custom_data;
 pub mod entropy;
 pub mod grub;

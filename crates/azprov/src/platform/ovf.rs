@@ -450,6 +450,12 @@ pub fn parse(bytes: &[u8]) -> Result<Environment, OvfError> {
 /// Byte ranges (into `text`) of the content of every element whose local name contains `UserPassword`; `None`
 /// when the document is not well-formed.
 fn password_ranges(text: &str) -> Option<Vec<std::ops::Range<usize>>> {
+    element_ranges(text, |name| contains(name, b"UserPassword"))
+}
+
+/// Byte ranges (into `text`) of the content of every outermost element whose local name satisfies `wanted`;
+/// `None` when the document is not well-formed.
+fn element_ranges(text: &str, wanted: impl Fn(&[u8]) -> bool) -> Option<Vec<std::ops::Range<usize>>> {
     use quick_xml::events::Event;
     let mut reader = quick_xml::Reader::from_str(text);
     reader.config_mut().check_end_names = true;
@@ -464,7 +470,7 @@ fn password_ranges(text: &str) -> Option<Vec<std::ops::Range<usize>>> {
         match event {
             Event::Start(e) => {
                 depth += 1;
-                if open.is_none() && contains(e.local_name().as_ref(), b"UserPassword") {
+                if open.is_none() && wanted(e.local_name().as_ref()) {
                     open = Some((depth, after));
                 }
             }
@@ -560,6 +566,25 @@ fn splice(bytes: &[u8], offset: usize, ranges: &[std::ops::Range<usize>]) -> Opt
         copied = offset.checked_add(r.end)?;
     }
     out.extend_from_slice(bytes.get(copied..)?);
+    Some(out)
+}
+
+/// The copy for another agent (WALinuxAgent's `/var/lib/waagent/ovf-env.xml`, platform.md §12), which must hold
+/// no secret: `redact` plus the content of every `*CustomData*` / `*UserData*` element removed (`<CustomData>
+/// </CustomData>` reads as "no customData"); everything else byte-for-byte unchanged. `None` when the document is
+/// not well-formed (then no copy should be written).
+pub fn redact_secrets(bytes: &[u8]) -> Option<Vec<u8>> {
+    let redacted = redact(bytes);
+    let offset = if redacted.starts_with(UTF8_BOM) { UTF8_BOM.len() } else { 0 };
+    let text = std::str::from_utf8(redacted.get(offset..)?).ok()?;
+    let ranges = element_ranges(text, |name| contains(name, b"CustomData") || contains(name, b"UserData"))?;
+    let mut out = Vec::with_capacity(redacted.len());
+    let mut copied = 0;
+    for r in &ranges {
+        out.extend_from_slice(redacted.get(copied..offset.checked_add(r.start)?)?);
+        copied = offset.checked_add(r.end)?;
+    }
+    out.extend_from_slice(redacted.get(copied..)?);
     Some(out)
 }
 
@@ -1162,6 +1187,31 @@ mod tests {
         assert_eq!(env.hostname, "web-01");
         // idempotent
         assert_eq!(redact(&redacted), redacted);
+    }
+
+    #[test]
+    fn redact_secrets_removes_password_and_custom_data() {
+        let out = String::from_utf8(redact_secrets(EXAMPLE.as_bytes()).unwrap()).unwrap();
+        let expected = EXAMPLE
+            .replace("<UserPassword>Exampl3-Only!</UserPassword>", "<UserPassword>REDACTED</UserPassword>")
+            .replace(
+                "<CustomData>IyEvYmluL3NoCmVjaG8gaGVsbG8gZnJvbSBjdXN0b21EYXRhCg==</CustomData>",
+                "<CustomData></CustomData>",
+            );
+        assert_eq!(out, expected);
+        let env = parse(out.as_bytes()).unwrap();
+        assert!(env.password.is_none() && env.custom_data.is_none());
+        assert_eq!(env.hostname, "web-01");
+        assert_eq!(redact_secrets(out.as_bytes()).unwrap(), out.as_bytes());
+        // prefixes, BOM, UserData, an already redacted password, self-closing elements
+        let text = "\u{feff}<a:Environment xmlns:a=\"x\"><a:UserPassword>REDACTED</a:UserPassword><a:CustomData>\r\n  c2Vj\r\n</a:CustomData><UserData><![CDATA[c2VjcmV0]]></UserData><CustomData/></a:Environment>";
+        assert_eq!(
+            String::from_utf8(redact_secrets(text.as_bytes()).unwrap()).unwrap(),
+            "\u{feff}<a:Environment xmlns:a=\"x\"><a:UserPassword>REDACTED</a:UserPassword><a:CustomData></a:CustomData><UserData></UserData><CustomData/></a:Environment>"
+        );
+        // not well-formed: no copy at all
+        assert_eq!(redact_secrets(b"<Environment><CustomData>c2Vj</Environment>"), None);
+        assert_eq!(redact_secrets(b"\xff\xfe<x/>"), None);
     }
 
     #[test]
