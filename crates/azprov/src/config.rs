@@ -22,6 +22,7 @@ pub struct Config {
     pub duties: Duties,
     pub deprovision: DeprovisionConfig,
     pub pps: PpsConfig,
+    pub coexistence: CoexistenceConfig,
 }
 
 /// Pre-provisioned (pool) VMs (platform.md §10): how long each wait may last. 0 = no bound (the platform decides
@@ -45,7 +46,6 @@ impl Default for PpsConfig {
     fn default() -> Self {
         PpsConfig { assignment_wait_secs: 0, reprovision_wait_secs: 0, dhcp_wait_secs: 1200, os_disk_wait_secs: 0 }
     }
-    pub coexistence: CoexistenceConfig,
 }
 
 /// `azprov deprovision` settings.
