@@ -927,7 +927,7 @@ mod reprovision_tests {
         assert!(within(s[0], 1000) && within(s[1], 2000) && within(s[2], 4000) && within(s[3], 4000), "{s:?}");
         // Retry-After 0 → at least the pause; 3600 → at most the cap; no jitter on either
         assert_eq!((s[4], s[6]), (1000, 4000), "{s:?}");
-        assert!(s.iter().all(|&v| v >= 1000 && v <= 5000), "{s:?}");
+        assert!(s.iter().all(|v| (1000..=5000).contains(v)), "{s:?}");
     }
 
     #[test]
@@ -1022,5 +1022,45 @@ mod reprovision_tests {
         let client = HttpClient::new(Duration::from_millis(300), Duration::from_millis(100));
         let e = fetch_reprovision_data(&client, &c, &SystemClock, &mut never).unwrap_err();
         assert!(matches!(e, ImdsError::ReadTimeout { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn simulator_pool_vm_answers_after_assignment() {
+        use azprov_sim::{Simulator, VmDefinition};
+        let pool = VmDefinition { pps_type: "Running".into(), hostname: "pool-1".into(), ..Default::default() };
+        let vm =
+            pool.clone().with_customer(VmDefinition { hostname: "web-01".into(), username: "alice".into(), ..pool });
+        let sim = std::sync::Arc::new(Simulator::start(vm, azprov_sim::Faults::none()).unwrap());
+        let before = fetch_instance(&client(), &ImdsConfig::new(sim.url()), &SystemClock).unwrap();
+        assert_eq!(before.pps_type.as_deref(), Some("Running"));
+        // the platform assigns the VM while the agent polls
+        let assigner = {
+            let sim = std::sync::Arc::clone(&sim);
+            std::thread::spawn(move || {
+                while sim.pps_status().reprovision_polls < 3 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                sim.assign().unwrap()
+            })
+        };
+        let c = ReprovisionConfig {
+            pause: Duration::from_millis(20),
+            max_pause: Duration::from_millis(40),
+            min_interval: Duration::ZERO,
+            deadline: Some(Duration::from_secs(10)),
+            ..ReprovisionConfig::new(sim.url())
+        };
+        let body = fetch_reprovision_data(&client(), &c, &SystemClock, &mut never).unwrap();
+        assigner.join().unwrap();
+        let env = crate::platform::ovf::parse(&body).unwrap();
+        assert_eq!((env.hostname.as_str(), env.username.as_deref()), ("web-01", Some("alice")));
+        assert!(!env.preprovisioned_vm);
+        let st = sim.pps_status();
+        assert!(st.reprovision_polls_pooled >= 3, "{st:?}");
+        assert_eq!(st.reprovision_served, 1);
+        // then IMDS again: ppsType must now be None
+        let after = fetch_instance(&client(), &ImdsConfig::new(sim.url()), &SystemClock).unwrap();
+        assert_eq!(after.pps_type.as_deref(), Some("None"));
+        assert_eq!(after.computer_name.as_deref(), Some("web-01"));
     }
 }
