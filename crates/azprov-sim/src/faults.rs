@@ -54,7 +54,8 @@ impl FaultStep {
 }
 
 /// Fault scripts per endpoint. `health` covers both the XML (`comp=health`) and the JSON (`/provisioning/health`)
-/// health endpoints.
+/// health endpoints; `reprovisiondata` is IMDS `/metadata/reprovisiondata` (pre-provisioned VMs), whose normal answer
+/// is 404 until the VM is assigned.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Faults {
@@ -64,6 +65,7 @@ pub struct Faults {
     pub versions: Vec<FaultStep>,
     pub certificates: Vec<FaultStep>,
     pub role_properties: Vec<FaultStep>,
+    pub reprovisiondata: Vec<FaultStep>,
 }
 
 impl Faults {
@@ -222,6 +224,10 @@ mod tests {
 
             [[role_properties]]
             kind = "normal"
+
+            [[reprovisiondata]]
+            kind = "status"
+            code = 429
         "#;
         let f = Faults::from_toml(toml).unwrap();
         assert_eq!(f.imds[0], FaultStep::Status { code: 503, body: None, retry_after: Some(2) });
@@ -231,6 +237,7 @@ mod tests {
         assert_eq!(f.versions, vec![FaultStep::Malformed]);
         assert_eq!(f.certificates, vec![FaultStep::Delay { ms: 10 }]);
         assert_eq!(f.role_properties, vec![FaultStep::Normal]);
+        assert_eq!(f.reprovisiondata, vec![FaultStep::Status { code: 429, body: None, retry_after: None }]);
 
         let json = serde_json::to_string(&f).unwrap();
         assert_eq!(Faults::from_json(&json).unwrap(), f);

@@ -7,6 +7,7 @@ pub mod certs;
 pub mod demo;
 pub mod dvd;
 pub mod faults;
+pub mod links;
 pub mod live;
 pub mod ovf;
 pub mod sandbox;
@@ -15,5 +16,5 @@ pub mod vm;
 
 pub use certs::{KeyTransport, SimCert};
 pub use faults::{FaultStep, Faults};
-pub use server::{HealthReport, RequestRecord, Simulator};
+pub use server::{AssignError, AssignTrigger, Assignment, HealthReport, PpsStatus, RequestRecord, Simulator};
 pub use vm::VmDefinition;

@@ -24,7 +24,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve IMDS and the wireserver on one loopback port until killed.
+    /// Serve IMDS and the wireserver on one loopback port until killed. A pre-provisioned pool VM (`pps_type` and a
+    /// `[customer]` table) is assigned by `POST /azprov-sim/assign` (or `assign_after_ready_ms`); `GET
+    /// /azprov-sim/pps` shows the pre-provisioning state.
     Serve {
         /// VM definition (TOML); the built-in example VM when absent.
         #[arg(long, value_name = "FILE.toml")]
@@ -43,6 +45,9 @@ enum Command {
     Media {
         #[arg(long, value_name = "FILE.toml")]
         vm: PathBuf,
+        /// The customer's media of a pool VM (what an OS-disk pre-provisioned VM boots with after assignment).
+        #[arg(long)]
+        customer: bool,
         #[arg(long, value_name = "IMG")]
         out: PathBuf,
         #[arg(long, value_enum, default_value_t = Layout::Udf102)]
@@ -52,6 +57,9 @@ enum Command {
     Ovf {
         #[arg(long, value_name = "FILE.toml")]
         vm: PathBuf,
+        /// The customer's document of a pool VM (what `reprovisiondata` serves after assignment).
+        #[arg(long)]
+        customer: bool,
     },
     /// Print the built-in example VM definition as TOML.
     ExampleVm,
@@ -115,6 +123,15 @@ fn load_vm(path: &Path) -> Result<VmDefinition> {
     VmDefinition::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
+/// The VM of `path`, or its customer's with `customer`.
+fn load_vm_or_customer(path: &Path, customer: bool) -> Result<VmDefinition> {
+    let vm = load_vm(path)?;
+    if !customer {
+        return Ok(vm);
+    }
+    vm.customer_definition().with_context(|| format!("{}: no [customer] table", path.display()))
+}
+
 fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -147,8 +164,8 @@ fn run(cli: Cli) -> Result<()> {
                 std::thread::park();
             }
         }
-        Command::Media { vm, out, layout } => {
-            let vm = load_vm(&vm)?;
+        Command::Media { vm, customer, out, layout } => {
+            let vm = load_vm_or_customer(&vm, customer)?;
             if vm.specialized {
                 bail!("a specialized VM gets no provisioning media");
             }
@@ -164,7 +181,7 @@ fn run(cli: Cli) -> Result<()> {
             std::fs::write(&out, &image).with_context(|| format!("writing {}", out.display()))?;
             eprintln!("wrote {} ({} bytes, label {MEDIA_LABEL})", out.display(), image.len());
         }
-        Command::Ovf { vm } => print!("{}", ovf_env_xml(&load_vm(&vm)?)),
+        Command::Ovf { vm, customer } => print!("{}", ovf_env_xml(&load_vm_or_customer(&vm, customer)?)),
         Command::ExampleVm => print!("{}", VmDefinition::default().to_toml().map_err(anyhow::Error::msg)?),
         Command::Demo { vm, agent, root, layout, keep } => {
             let vm = match vm {

@@ -4,6 +4,29 @@
 //!
 //! The listener is a small HTTP/1.1 server on `std::net`: one request per connection, `Connection: close`, one thread
 //! per connection. Owning the socket is what makes `drop` and `hang` faults possible.
+//!
+//! # Pre-provisioned VMs (platform.md §10)
+//!
+//! A VM definition with `pps_type` `Running`, `Savable` or `PreprovisionedOSDisk` and a `customer` is a pool VM: its
+//! DVD OVF says `PreprovisionedVm=true`, IMDS says `extended.compute.ppsType` = the type, and
+//! `GET /metadata/reprovisiondata?api-version=…` answers 404. Once the VM is **assigned**, the simulator serves the
+//! customer: `reprovisiondata` answers 200 with the customer's `ovf-env.xml` (`PreprovisionedVm=false`), IMDS the
+//! customer's document (`ppsType` `None`, its `osProfile`…), and the goal state a higher incarnation (the customer's
+//! `incarnation` when larger, else the pool's + 1), so a health report with the pool incarnation gets 410.
+//!
+//! Assignment happens (once) by
+//! * `POST /azprov-sim/assign` (empty body, e.g. `curl -d '' http://127.0.0.1:PORT/azprov-sim/assign`): 200 with the
+//!   [`PpsStatus`] JSON; 409 when there is no customer or the VM is already assigned; 500 when the assign hook failed
+//!   (the VM is assigned all the same);
+//! * `assign_after_ready_ms` in the definition: that long after the first `Ready` health report arrived while pooled
+//!   (counted on arrival, so a report a fault drops — a Savable VM being suspended — counts too);
+//! * [`Simulator::assign`] from Rust.
+//!
+//! The state switches first, then the hook set with [`Simulator::set_assign_hook`] runs (on the triggering thread):
+//! that is where a live test makes the network signal the agent waits for (see [`crate::links`]).
+//! `GET /azprov-sim/pps` returns the [`PpsStatus`] JSON: health reports before (intermediate) and after (final) the
+//! assignment, `reprovisiondata` polls. Every request record carries `phase` — `pool` before, `customer` after the
+//! assignment (absent for other VMs). The control paths are never faulted and, like everything here, loopback only.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -109,6 +132,99 @@ pub struct RequestRecord {
     pub error: Option<String>,
     /// The report, for an accepted health post.
     pub health: Option<HealthReport>,
+    /// Pre-provisioned VMs: `pool` before the assignment, `customer` after it (when the request arrived).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+}
+
+/// What assigned a pool VM to its customer.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AssignTrigger {
+    /// `POST /azprov-sim/assign`.
+    Control,
+    /// `assign_after_ready_ms` after the first pooled Ready.
+    Auto,
+    /// [`Simulator::assign`].
+    Api,
+}
+
+/// The assignment of the pool VM to its customer.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    /// The pool VM's `pps_type` (`Running`, `Savable`, `PreprovisionedOSDisk`).
+    pub pps_type: String,
+    pub trigger: AssignTrigger,
+    /// Milliseconds since the simulator started.
+    pub ms: u64,
+    /// The goal-state incarnation from now on.
+    pub incarnation: u32,
+}
+
+/// Why an assignment did not happen (or its hook failed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AssignError {
+    /// The VM definition has no `customer`.
+    NoCustomer,
+    AlreadyAssigned,
+    /// The VM was assigned, but the assign hook returned this error.
+    Hook(String),
+}
+
+impl std::fmt::Display for AssignError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AssignError::NoCustomer => write!(f, "this VM has no customer definition"),
+            AssignError::AlreadyAssigned => write!(f, "the VM is already assigned"),
+            AssignError::Hook(e) => write!(f, "assigned, but the assign hook failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for AssignError {}
+
+/// Runs right after an assignment (state already switched), on the thread that triggered it.
+pub type AssignHook = Box<dyn FnMut(&Assignment) -> Result<(), String> + Send>;
+
+/// The pre-provisioning state (`GET /azprov-sim/pps`).
+#[derive(Serialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct PpsStatus {
+    /// The pool VM's `pps_type`.
+    pub pps_type: String,
+    pub has_customer: bool,
+    pub assignment: Option<Assignment>,
+    /// When the first `Ready` health report arrived while pooled (ms since start; accepted or not).
+    pub first_ready_ms: Option<u64>,
+    /// `Ready` health reports that arrived while pooled, accepted or not (a fault may drop them).
+    pub pool_ready_posts: u32,
+    /// Health reports accepted before the assignment (the intermediate Ready is here).
+    pub pool_health: Vec<HealthReport>,
+    /// Health reports accepted after the assignment (the final Ready is here).
+    pub customer_health: Vec<HealthReport>,
+    /// Requests to `/metadata/reprovisiondata` (faulted ones included).
+    pub reprovision_polls: u32,
+    /// Of those, the ones that arrived before the assignment.
+    pub reprovision_polls_pooled: u32,
+    /// `reprovisiondata` answers with the customer's OVF.
+    pub reprovision_served: u32,
+    /// The last error the assign hook returned.
+    pub hook_error: Option<String>,
+}
+
+impl PpsStatus {
+    pub fn assigned(&self) -> bool {
+        self.assignment.is_some()
+    }
+
+    /// An accepted `Ready` before the assignment.
+    pub fn intermediate_ready(&self) -> bool {
+        self.pool_health.iter().any(|h| h.state == "Ready")
+    }
+
+    /// An accepted `Ready` after the assignment.
+    pub fn final_ready(&self) -> bool {
+        self.customer_health.iter().any(|h| h.state == "Ready")
+    }
 }
 
 /// The running simulator. Dropping it stops the listener.
@@ -123,6 +239,7 @@ struct Shared {
     base_url: String,
     stop: AtomicBool,
     state: Mutex<State>,
+    hook: Mutex<Option<AssignHook>>,
 }
 
 struct State {
@@ -134,6 +251,12 @@ struct State {
     ready_at: Option<Instant>,
     role_properties: Vec<(String, String)>,
     log: Option<File>,
+    pps: PpsStatus,
+    /// The customer's definition as served after the assignment.
+    customer: Option<VmDefinition>,
+    /// `assign_after_ready_ms` of the pool VM.
+    auto_assign_ms: Option<u64>,
+    auto_assign_scheduled: bool,
 }
 
 impl State {
@@ -141,7 +264,28 @@ impl State {
         if report.state == "Ready" && self.ready_at.is_none() {
             self.ready_at = Some(Instant::now());
         }
+        match self.phase() {
+            Some("pool") => self.pps.pool_health.push(report.clone()),
+            Some(_) => self.pps.customer_health.push(report.clone()),
+            None => {}
+        }
         self.health.push(report);
+    }
+
+    /// Whether the VM waits in the pool: pre-provisioned or with a customer, and not assigned yet.
+    fn pooled(&self) -> bool {
+        (self.customer.is_some() || self.pps.pps_type != "None") && self.pps.assignment.is_none()
+    }
+
+    /// `pool` / `customer` for pre-provisioned VMs, `None` for the others.
+    fn phase(&self) -> Option<&'static str> {
+        if self.pps.assignment.is_some() {
+            Some("customer")
+        } else if self.pooled() {
+            Some("pool")
+        } else {
+            None
+        }
     }
 }
 
@@ -152,6 +296,7 @@ struct Cursors {
     versions: Cursor,
     certificates: Cursor,
     role_properties: Cursor,
+    reprovisiondata: Cursor,
 }
 
 impl Cursors {
@@ -163,6 +308,7 @@ impl Cursors {
             versions: Cursor::new(f.versions),
             certificates: Cursor::new(f.certificates),
             role_properties: Cursor::new(f.role_properties),
+            reprovisiondata: Cursor::new(f.reprovisiondata),
         }
     }
 
@@ -174,7 +320,8 @@ impl Cursors {
             Endpoint::Health | Endpoint::JsonHealth => Some(&mut self.health),
             Endpoint::Certificates => Some(&mut self.certificates),
             Endpoint::RoleProperties => Some(&mut self.role_properties),
-            Endpoint::Unknown => None,
+            Endpoint::ImdsReprovision => Some(&mut self.reprovisiondata),
+            Endpoint::Control | Endpoint::Unknown => None,
         }
     }
 }
@@ -233,10 +380,19 @@ impl Simulator {
         vm.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(requested)?;
         let addr = listener.local_addr()?;
+        let customer = vm.customer_definition();
+        let pps = PpsStatus {
+            pps_type: if vm.pps_type.is_empty() { "None".into() } else { vm.pps_type.clone() },
+            has_customer: customer.is_some(),
+            ..PpsStatus::default()
+        };
+        let auto_assign_ms = vm.assign_after_ready_ms;
+        let vm = VmDefinition { customer: None, assign_after_ready_ms: None, ..vm };
         let shared = Arc::new(Shared {
             start: Instant::now(),
             base_url: format!("http://{addr}"),
             stop: AtomicBool::new(false),
+            hook: Mutex::new(None),
             state: Mutex::new(State {
                 vm,
                 cursors: Cursors::new(faults),
@@ -245,6 +401,10 @@ impl Simulator {
                 ready_at: None,
                 role_properties: Vec::new(),
                 log: None,
+                pps,
+                customer,
+                auto_assign_ms,
+                auto_assign_scheduled: false,
             }),
         });
         let accept_shared = Arc::clone(&shared);
@@ -273,7 +433,7 @@ impl Simulator {
         self.shared.lock().health.clone()
     }
 
-    /// When the first accepted `Ready` arrived.
+    /// When the first accepted `Ready` arrived (for a pool VM: the intermediate one; see [`Simulator::pps_status`]).
     pub fn ready_at(&self) -> Option<Instant> {
         self.shared.lock().ready_at
     }
@@ -288,9 +448,45 @@ impl Simulator {
         self.shared.lock().role_properties.clone()
     }
 
-    /// The VM definition currently served.
+    /// The VM definition currently served: a pool VM's until it is assigned, then its customer's (without the
+    /// `customer` and `assign_after_ready_ms` keys either way).
     pub fn vm(&self) -> VmDefinition {
         self.shared.lock().vm.clone()
+    }
+
+    /// Assigns the pool VM to its customer now (module documentation), then runs the assign hook.
+    pub fn assign(&self) -> Result<Assignment, AssignError> {
+        assign(&self.shared, AssignTrigger::Api)
+    }
+
+    /// Runs `hook` after every later assignment (it must not call `set_assign_hook` itself), on the thread that triggered it (an HTTP handler for the control
+    /// endpoint, a timer thread for `assign_after_ready_ms`, the caller for [`Simulator::assign`]). An error it
+    /// returns is kept in [`PpsStatus::hook_error`] and reported by the trigger.
+    pub fn set_assign_hook(&self, hook: impl FnMut(&Assignment) -> Result<(), String> + Send + 'static) {
+        *self.shared.hook.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(hook));
+    }
+
+    /// The pre-provisioning state: assignment, intermediate and final health reports, `reprovisiondata` polls.
+    pub fn pps_status(&self) -> PpsStatus {
+        self.shared.lock().pps.clone()
+    }
+
+    pub fn is_assigned(&self) -> bool {
+        self.shared.lock().pps.assignment.is_some()
+    }
+
+    /// Waits up to `timeout` for the assignment (e.g. an automatic one).
+    pub fn wait_for_assignment(&self, timeout: Duration) -> Option<Assignment> {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Some(a) = self.shared.lock().pps.assignment.clone() {
+                return Some(a);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Changes the goal-state incarnation (as the platform does when the VM's configuration changes).
@@ -573,6 +769,9 @@ fn close_gracefully(mut stream: &TcpStream) {
 enum Endpoint {
     ImdsInstance,
     ImdsVersions,
+    ImdsReprovision,
+    /// `/azprov-sim/…`: the simulator's own control paths.
+    Control,
     Versions,
     GoalState,
     Health,
@@ -588,6 +787,8 @@ impl Endpoint {
         match (req.path.as_str(), req.comp()) {
             ("/metadata/instance" | "/metadata/instance/", _) => Endpoint::ImdsInstance,
             ("/metadata/versions" | "/metadata/versions/", _) => Endpoint::ImdsVersions,
+            ("/metadata/reprovisiondata" | "/metadata/reprovisiondata/", _) => Endpoint::ImdsReprovision,
+            (p, _) if p.starts_with("/azprov-sim/") => Endpoint::Control,
             ("/", Some("versions")) => Endpoint::Versions,
             (_, Some("goalstate")) if machine => Endpoint::GoalState,
             (_, Some("health")) if machine => Endpoint::Health,
@@ -604,6 +805,8 @@ impl Endpoint {
         match self {
             Endpoint::ImdsInstance => "imds",
             Endpoint::ImdsVersions => "imds_versions",
+            Endpoint::ImdsReprovision => "reprovisiondata",
+            Endpoint::Control => "control",
             Endpoint::Versions => "versions",
             Endpoint::GoalState => "goalstate",
             Endpoint::Health => "health",
@@ -615,7 +818,7 @@ impl Endpoint {
     }
 
     fn is_imds(self) -> bool {
-        matches!(self, Endpoint::ImdsInstance | Endpoint::ImdsVersions)
+        matches!(self, Endpoint::ImdsInstance | Endpoint::ImdsVersions | Endpoint::ImdsReprovision)
     }
 }
 
@@ -644,7 +847,7 @@ const LOGGED_HEADERS: &[&str] = &[
     "x-ms-version",
 ];
 
-fn handle_connection(stream: TcpStream, shared: &Shared) {
+fn handle_connection(stream: TcpStream, shared: &Arc<Shared>) {
     let _ = stream.set_read_timeout(Some(SOCKET_TIMEOUT));
     let _ = stream.set_write_timeout(Some(SOCKET_TIMEOUT));
     let arrived = Instant::now();
@@ -659,6 +862,7 @@ fn handle_connection(stream: TcpStream, shared: &Shared) {
         fault: None,
         error: None,
         health: None,
+        phase: None,
     };
     let req = match read_request(&stream) {
         Ok(r) => r,
@@ -680,6 +884,8 @@ fn handle_connection(stream: TcpStream, shared: &Shared) {
             rec.headers.insert(lower, value.clone());
         }
     }
+
+    rec.phase = arrival(shared, &req, endpoint, arrived).map(str::to_string);
 
     let step = shared.lock().cursors.for_endpoint(endpoint).and_then(|c| c.take(arrived));
     rec.fault = step.as_ref().map(FaultStep::label);
@@ -734,7 +940,7 @@ fn handle_connection(stream: TcpStream, shared: &Shared) {
 }
 
 fn error_response(endpoint: Endpoint, code: u16, message: &str) -> Response {
-    if endpoint.is_imds() {
+    if endpoint.is_imds() || endpoint == Endpoint::Control {
         Response::new(code, JSON, json!({ "error": message }).to_string())
     } else {
         let code_name: String = reason_phrase(code).split_whitespace().collect();
@@ -755,7 +961,7 @@ fn error_response(endpoint: Endpoint, code: u16, message: &str) -> Response {
 /// A rejected request: the answer and the reason recorded for it.
 fn reject(endpoint: Endpoint, code: u16, message: impl Into<String>) -> Outcome {
     let message = message.into();
-    let response = if endpoint.is_imds() {
+    let response = if endpoint.is_imds() || endpoint == Endpoint::Control {
         Response::new(code, JSON, json!({ "error": message }).to_string())
     } else {
         error_response(endpoint, code, &message)
@@ -763,17 +969,19 @@ fn reject(endpoint: Endpoint, code: u16, message: impl Into<String>) -> Outcome 
     Outcome { response, error: Some(message), health: None }
 }
 
-fn handle(shared: &Shared, req: &Request, endpoint: Endpoint) -> Outcome {
+fn handle(shared: &Arc<Shared>, req: &Request, endpoint: Endpoint) -> Outcome {
     let expected_method = match endpoint {
         Endpoint::Health | Endpoint::JsonHealth | Endpoint::RoleProperties => "POST",
         _ => "GET",
     };
-    if endpoint != Endpoint::Unknown && req.method != expected_method {
+    if !matches!(endpoint, Endpoint::Unknown | Endpoint::Control) && req.method != expected_method {
         return reject(endpoint, 405, format!("{} {} requires {expected_method}", req.method, req.path));
     }
     match endpoint {
         Endpoint::ImdsInstance => imds_instance(shared, req),
         Endpoint::ImdsVersions => imds_versions(req),
+        Endpoint::ImdsReprovision => reprovision_data(shared, req),
+        Endpoint::Control => control(shared, req),
         Endpoint::Versions => Outcome::ok(Response::new(200, XML, versions_xml())),
         Endpoint::GoalState => goal_state(shared, req),
         Endpoint::Health => xml_health(shared, req),
@@ -917,6 +1125,143 @@ fn ipv4_prefix24(ip: &str) -> String {
             format!("{}.{}.{}.0", o[0], o[1], o[2])
         }
         Err(_) => String::new(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Pre-provisioned VMs
+
+/// Bookkeeping when a request arrives: `reprovisiondata` polls and pooled `Ready` reports (which may schedule the
+/// automatic assignment). Returns the phase the request arrived in.
+fn arrival(shared: &Arc<Shared>, req: &Request, endpoint: Endpoint, arrived: Instant) -> Option<&'static str> {
+    let ready = matches!(endpoint, Endpoint::Health | Endpoint::JsonHealth)
+        && reported_state(req, endpoint).as_deref() == Some("Ready");
+    let mut st = shared.lock();
+    let phase = st.phase();
+    let pooled = st.pooled();
+    if endpoint == Endpoint::ImdsReprovision {
+        st.pps.reprovision_polls += 1;
+        if pooled {
+            st.pps.reprovision_polls_pooled += 1;
+        }
+    }
+    if ready && pooled {
+        st.pps.pool_ready_posts += 1;
+        let ms = arrived.duration_since(shared.start).as_millis() as u64;
+        st.pps.first_ready_ms.get_or_insert(ms);
+        if let (Some(delay), false, true) = (st.auto_assign_ms, st.auto_assign_scheduled, st.customer.is_some()) {
+            st.auto_assign_scheduled = true;
+            let timer_shared = Arc::clone(shared);
+            let spawned = std::thread::Builder::new().name("azprov-sim-assign".into()).spawn(move || {
+                timer_shared.sleep(delay);
+                if !timer_shared.stopped() {
+                    // an earlier manual assignment makes this one a no-op
+                    let _ = assign(&timer_shared, AssignTrigger::Auto);
+                }
+            });
+            if spawned.is_err() {
+                st.auto_assign_scheduled = false;
+            }
+        }
+    }
+    phase
+}
+
+/// The `State` a health post reports, read leniently (also for posts a fault answers).
+fn reported_state(req: &Request, endpoint: Endpoint) -> Option<String> {
+    match endpoint {
+        Endpoint::Health => {
+            let body = std::str::from_utf8(&req.body).ok()?;
+            xml::parse(body).ok().and_then(|root| parse_health(&root).ok()).map(|p| p.state)
+        }
+        Endpoint::JsonHealth => serde_json::from_slice::<JsonHealthBody>(&req.body).ok().map(|b| b.state),
+        _ => None,
+    }
+}
+
+/// Switches the served VM to the customer's and runs the hook (module documentation).
+fn assign(shared: &Shared, trigger: AssignTrigger) -> Result<Assignment, AssignError> {
+    let assignment = {
+        let mut st = shared.lock();
+        let Some(customer) = st.customer.clone() else { return Err(AssignError::NoCustomer) };
+        if st.pps.assignment.is_some() {
+            return Err(AssignError::AlreadyAssigned);
+        }
+        let current = st.vm.incarnation;
+        let incarnation = if customer.incarnation > current { customer.incarnation } else { current.saturating_add(1) };
+        st.vm = VmDefinition { incarnation, ..customer };
+        let a = Assignment {
+            pps_type: st.pps.pps_type.clone(),
+            trigger,
+            ms: shared.start.elapsed().as_millis() as u64,
+            incarnation,
+        };
+        st.pps.assignment = Some(a.clone());
+        a
+    };
+    let result = match shared.hook.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        Some(hook) => hook(&assignment),
+        None => Ok(()),
+    };
+    match result {
+        Ok(()) => Ok(assignment),
+        Err(e) => {
+            shared.lock().pps.hook_error = Some(e.clone());
+            Err(AssignError::Hook(e))
+        }
+    }
+}
+
+fn reprovision_data(shared: &Shared, req: &Request) -> Outcome {
+    let e = Endpoint::ImdsReprovision;
+    if let Err(why) = imds_common_checks(req) {
+        return reject(e, 400, why);
+    }
+    match req.query("api-version") {
+        None | Some("") => return reject(
+            e,
+            400,
+            "Bad request. api-version was not specified in the request. For more information refer to aka.ms/azureimds",
+        ),
+        Some(v) if !IMDS_API_VERSIONS.contains(&v) => {
+            return reject(
+                e,
+                400,
+                "Bad request. api-version is invalid or was not specified in the request. For more information refer \
+                 to aka.ms/azureimds",
+            )
+        }
+        Some(_) => {}
+    }
+    let mut st = shared.lock();
+    if st.pps.assignment.is_none() {
+        drop(st);
+        let mut o = reject(e, 404, "the VM is not assigned yet");
+        o.response.body = json!({ "error": "Not found" }).to_string().into_bytes();
+        return o;
+    }
+    st.pps.reprovision_served += 1;
+    let ovf = crate::ovf::ovf_env_xml(&st.vm);
+    Outcome::ok(Response::new(200, XML, ovf))
+}
+
+fn control(shared: &Arc<Shared>, req: &Request) -> Outcome {
+    let e = Endpoint::Control;
+    let status = |shared: &Shared| serde_json::to_string(&shared.lock().pps).unwrap_or_default();
+    match (req.method.as_str(), req.path.as_str()) {
+        ("POST", "/azprov-sim/assign") => match assign(shared, AssignTrigger::Control) {
+            Ok(_) => Outcome::ok(Response::new(200, JSON, status(shared))),
+            Err(err) => {
+                let code = if matches!(err, AssignError::Hook(_)) { 500 } else { 409 };
+                let mut o = reject(e, code, err.to_string());
+                o.response.body =
+                    json!({ "error": err.to_string(), "status": shared.lock().pps.clone() }).to_string().into_bytes();
+                o
+            }
+        },
+        ("GET", "/azprov-sim/pps") => Outcome::ok(Response::new(200, JSON, status(shared))),
+        (m, p @ ("/azprov-sim/assign" | "/azprov-sim/pps")) => reject(e, 405, format!("{m} {p} is not allowed")),
+        (_, p) => reject(e, 404, format!("no such control path: {p}")),
     }
 }
 

@@ -1,4 +1,20 @@
 //! The simulated VM: one definition from which the OVF, the IMDS document and the wireserver goal state are all built.
+//!
+//! A pre-provisioned pool VM (`pps_type` = `Running`, `Savable` or `PreprovisionedOSDisk`) may carry a `[customer]`
+//! table: the VM the customer asked for, served once the simulator assigns the pool VM (see [`crate::server`]). In
+//! TOML every key absent from `[customer]` takes the pool VM's value, so the table lists only what differs; the
+//! optional `password`, `custom_data` and `user_data` the pool VM has are removed with `unset = ["password", …]`:
+//!
+//! ```toml
+//! pps_type = "Running"
+//! hostname = "pool-0042"
+//! assign_after_ready_ms = 500
+//!
+//! [customer]
+//! hostname = "web-01"
+//! username = "alice"
+//! unset = ["custom_data"]
+//! ```
 
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +66,13 @@ pub struct VmDefinition {
     pub cert_key_transport: KeyTransport,
     /// Certificates served by `comp=certificates` (PFX in CMS); each one's flags say how the OVF refers to it.
     pub certificates: Vec<SimCert>,
+    /// Pre-provisioned pool VM: what the customer asked for. Served (IMDS, goal state, `reprovisiondata`) once the
+    /// VM is assigned; its `pps_type` is always `None` (see [`VmDefinition::customer_definition`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<Box<VmDefinition>>,
+    /// Assign the pool VM to its customer this many milliseconds after the first `Ready` health report arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assign_after_ready_ms: Option<u64>,
 }
 
 const DEMO_KEY: &str =
@@ -79,21 +102,118 @@ impl Default for VmDefinition {
             pps_type: "None".into(),
             cert_key_transport: KeyTransport::Oaep,
             certificates: Vec::new(),
+            customer: None,
+            assign_after_ready_ms: None,
         }
     }
 }
 
+/// The optional keys a `[customer]` table may `unset`.
+const UNSETTABLE: [&str; 3] = ["password", "custom_data", "user_data"];
+
+fn key_error(e: toml::de::Error) -> String {
+    e.to_string().trim_end().replace('\n', " ")
+}
+
 impl VmDefinition {
-    /// Parses a TOML VM definition; unknown keys and malformed identifiers are errors that name the key.
+    /// Parses a TOML VM definition; unknown keys and malformed identifiers are errors that name the key. Keys absent
+    /// from a `[customer]` table take the pool VM's values (module documentation).
     pub fn from_toml(text: &str) -> Result<VmDefinition, String> {
-        let vm: VmDefinition = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        let customer = match table.remove("customer") {
+            None => None,
+            Some(toml::Value::Table(t)) => Some(t),
+            Some(_) => return Err("customer: expected a table".into()),
+        };
+        let mut vm: VmDefinition = toml::Value::Table(table).try_into().map_err(key_error)?;
+        if let Some(overlay) = customer {
+            vm.customer = Some(Box::new(vm.customer_from_overlay(overlay)?));
+        }
         vm.validate()?;
         Ok(vm)
     }
 
-    /// The definition as TOML (round-trips through [`VmDefinition::from_toml`]).
+    /// The customer's definition from a `[customer]` table laid over this (pool) definition.
+    fn customer_from_overlay(&self, mut overlay: toml::Table) -> Result<VmDefinition, String> {
+        for key in ["customer", "assign_after_ready_ms"] {
+            if overlay.contains_key(key) {
+                return Err(format!("customer.{key}: not allowed in a customer definition"));
+            }
+        }
+        if let Some(v) = overlay.get("pps_type") {
+            if v.as_str() != Some("None") {
+                return Err(format!("customer.pps_type: a customer's VM is not pre-provisioned (got {v})"));
+            }
+        }
+        let unset: Vec<String> = match overlay.remove("unset") {
+            None => Vec::new(),
+            Some(v) => v.try_into().map_err(|_| "customer.unset: expected an array of key names".to_string())?,
+        };
+        let base = self.customer_base();
+        let mut table = toml::Table::try_from(&base).map_err(|e| e.to_string())?;
+        table.extend(overlay);
+        let mut customer: VmDefinition =
+            toml::Value::Table(table).try_into().map_err(|e| format!("customer: {}", key_error(e)))?;
+        for key in &unset {
+            match key.as_str() {
+                "password" => customer.password = None,
+                "custom_data" => customer.custom_data = None,
+                "user_data" => customer.user_data = None,
+                other => {
+                    return Err(format!("customer.unset: cannot unset {other:?} (only {})", UNSETTABLE.join(", ")))
+                }
+            }
+        }
+        Ok(customer)
+    }
+
+    /// What a customer definition starts from: this VM, not pre-provisioned, without a customer.
+    fn customer_base(&self) -> VmDefinition {
+        VmDefinition { customer: None, assign_after_ready_ms: None, pps_type: "None".into(), ..self.clone() }
+    }
+
+    /// The definition as TOML (round-trips through [`VmDefinition::from_toml`]); a customer is written as the keys
+    /// that differ from this VM's.
     pub fn to_toml(&self) -> Result<String, String> {
-        toml::to_string(self).map_err(|e| e.to_string())
+        let Some(customer) = self.customer_definition() else {
+            return toml::to_string(self).map_err(|e| e.to_string());
+        };
+        let own = VmDefinition { customer: None, ..self.clone() };
+        let mut table = toml::Table::try_from(&own).map_err(|e| e.to_string())?;
+        let base = toml::Table::try_from(self.customer_base()).map_err(|e| e.to_string())?;
+        let full = toml::Table::try_from(&customer).map_err(|e| e.to_string())?;
+        let mut diff: toml::Table = full.into_iter().filter(|(k, v)| base.get(k) != Some(v)).collect();
+        let unset: Vec<toml::Value> = UNSETTABLE
+            .iter()
+            .filter(|k| base.contains_key(**k) && !diff.contains_key(**k) && full_lacks(&customer, k))
+            .map(|k| toml::Value::String((*k).to_string()))
+            .collect();
+        if !unset.is_empty() {
+            diff.insert("unset".into(), toml::Value::Array(unset));
+        }
+        table.insert("customer".into(), toml::Value::Table(diff));
+        toml::to_string(&table).map_err(|e| e.to_string())
+    }
+
+    /// The customer's VM as the simulator serves it after assignment: `pps_type` `None`, no customer of its own, no
+    /// automatic assignment. `None` for a VM without a customer.
+    pub fn customer_definition(&self) -> Option<VmDefinition> {
+        self.customer.as_deref().map(|c| VmDefinition {
+            pps_type: "None".into(),
+            customer: None,
+            assign_after_ready_ms: None,
+            ..c.clone()
+        })
+    }
+
+    /// `self` with `customer` as its customer (a convenience for `VmDefinition { …, ..pool.clone() }` customers).
+    pub fn with_customer(self, customer: VmDefinition) -> VmDefinition {
+        VmDefinition { customer: Some(Box::new(customer)), ..self }
+    }
+
+    /// Whether this is a pre-provisioned pool VM (`pps_type` other than `None`).
+    pub fn is_preprovisioned(&self) -> bool {
+        !self.pps_type.is_empty() && self.pps_type != "None"
     }
 
     /// Checks the fields the simulator itself depends on. Other values (over-long passwords, odd user names) are left
@@ -110,6 +230,14 @@ impl VmDefinition {
         }
         for (i, cert) in self.certificates.iter().enumerate() {
             cert.validate().map_err(|e| format!("certificates[{i}]: {e}"))?;
+        }
+        if let Some(c) = &self.customer {
+            if c.customer.is_some() {
+                return Err("customer.customer: a customer has no customer of its own".into());
+            }
+            c.validate().map_err(|e| format!("customer.{e}"))?;
+        } else if self.assign_after_ready_ms.is_some() {
+            return Err("assign_after_ready_ms: needs a [customer] to assign the VM to".into());
         }
         Ok(())
     }
@@ -135,6 +263,16 @@ impl VmDefinition {
     /// The VM (resource) name: the part of the role instance id after the first dot.
     pub fn vm_name(&self) -> &str {
         self.role_instance_id.split_once('.').map_or(self.hostname.as_str(), |(_, name)| name)
+    }
+}
+
+/// Whether `key` (one of [`UNSETTABLE`]) is `None` in `vm`.
+fn full_lacks(vm: &VmDefinition, key: &str) -> bool {
+    match key {
+        "password" => vm.password.is_none(),
+        "custom_data" => vm.custom_data.is_none(),
+        "user_data" => vm.user_data.is_none(),
+        _ => false,
     }
 }
 
@@ -236,5 +374,75 @@ mod tests {
         assert_eq!(VmDefinition::from_toml("").unwrap().cert_key_transport, KeyTransport::Oaep);
         let bad = VmDefinition { certificates: vec![crate::certs::SimCert { key_pem: None, ..cert }], ..vm };
         assert!(bad.validate().unwrap_err().starts_with("certificates[0]: "));
+    }
+
+    const POOL: &str = r#"
+        pps_type = "Running"
+        hostname = "pool-0042"
+        password = "pool-Passw0rd!"
+        custom_data = "pool"
+        user_data = "shared"
+        vm_id = "91267c52-9f02-4cfe-b1f4-a4da7ebac2cf"
+        assign_after_ready_ms = 250
+
+        [customer]
+        hostname = "web-01"
+        username = "alice"
+        incarnation = 5
+        unset = ["custom_data", "password"]
+    "#;
+
+    #[test]
+    fn customer_table_overlays_the_pool_vm() {
+        let vm = VmDefinition::from_toml(POOL).unwrap();
+        assert!(vm.is_preprovisioned());
+        assert_eq!(vm.assign_after_ready_ms, Some(250));
+        let c = vm.customer_definition().unwrap();
+        assert_eq!((c.hostname.as_str(), c.username.as_str(), c.incarnation), ("web-01", "alice", 5));
+        // absent keys: the pool VM's values (identity included), not the built-in defaults
+        assert_eq!(c.vm_id, "91267c52-9f02-4cfe-b1f4-a4da7ebac2cf");
+        assert_eq!(c.user_data.as_deref(), Some("shared"));
+        assert_eq!(vm.password.as_deref(), Some("pool-Passw0rd!"));
+        assert_eq!(c.ssh_keys, vm.ssh_keys);
+        assert_eq!((c.password.as_deref(), c.custom_data.as_deref()), (None, None));
+        assert_eq!(c.pps_type, "None");
+        assert!(!c.is_preprovisioned());
+        // round trip, written as the difference
+        let text = vm.to_toml().unwrap();
+        assert_eq!(VmDefinition::from_toml(&text).unwrap(), vm, "{text}");
+        let table = text.split("[customer]").nth(1).unwrap();
+        assert!(!table.contains("vm_id"), "{text}");
+        assert!(table.contains("unset = [\"password\", \"custom_data\"]"), "{text}");
+        assert!(!VmDefinition::default().to_toml().unwrap().contains("customer"));
+    }
+
+    #[test]
+    fn customer_errors_name_the_key() {
+        let bad = |extra: &str| VmDefinition::from_toml(&format!("pps_type = \"Savable\"\n[customer]\n{extra}\n"));
+        assert!(bad("host = 1").unwrap_err().contains("host"));
+        assert!(bad("incarnation = \"x\"").unwrap_err().contains("customer: "));
+        assert!(bad("unset = [\"hostname\"]").unwrap_err().starts_with("customer.unset"));
+        assert!(bad("unset = 3").unwrap_err().starts_with("customer.unset"));
+        assert!(bad("pps_type = \"Running\"").unwrap_err().starts_with("customer.pps_type"));
+        assert!(bad("assign_after_ready_ms = 3").unwrap_err().starts_with("customer.assign_after_ready_ms"));
+        assert!(bad("vm_id = \"x\"").unwrap_err().starts_with("customer.vm_id"));
+        assert!(bad("pps_type = \"None\"").is_ok());
+        let e = VmDefinition::from_toml("customer = 3").unwrap_err();
+        assert!(e.starts_with("customer"), "{e}");
+        let e = VmDefinition::from_toml("assign_after_ready_ms = 3").unwrap_err();
+        assert!(e.starts_with("assign_after_ready_ms"), "{e}");
+        let nested =
+            VmDefinition::default().with_customer(VmDefinition::default().with_customer(VmDefinition::default()));
+        assert!(nested.validate().unwrap_err().starts_with("customer.customer"));
+    }
+
+    #[test]
+    fn customer_built_in_rust_is_normalized() {
+        let pool = VmDefinition { pps_type: "Savable".into(), ..Default::default() };
+        let vm = pool.clone().with_customer(VmDefinition { hostname: "cust".into(), ..pool });
+        vm.validate().unwrap();
+        let c = vm.customer_definition().unwrap();
+        assert_eq!((c.hostname.as_str(), c.pps_type.as_str()), ("cust", "None"));
+        assert_eq!(VmDefinition::default().customer_definition(), None);
     }
 }

@@ -118,3 +118,64 @@ fn live_bench_runs_in_a_namespace_and_changes_nothing() {
     assert_eq!(host_fingerprint(), before, "the live benchmark changed the host");
     assert_eq!(scratch_dirs(), scratch_before, "scratch directory left in the temp dir");
 }
+
+/// Kills the `serve` child whatever happens.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn http(addr: &str, request: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn pool_vm_served_from_toml_and_assigned_by_the_control_endpoint() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let vm = dir.path().join("pool.toml");
+    std::fs::write(&vm, "pps_type = \"Running\"\nhostname = \"pool-1\"\n\n[customer]\nhostname = \"web-01\"\n")
+        .unwrap();
+
+    // the customer's documents, printed and written ahead
+    let out = sim().args(["ovf", "--customer", "--vm"]).arg(&vm).output().unwrap();
+    let xml = String::from_utf8(out.stdout).unwrap();
+    assert!(xml.contains("<HostName>web-01</HostName>") && xml.contains("PreprovisionedVm>false<"), "{xml}");
+    let out = sim().args(["ovf", "--vm"]).arg(&vm).output().unwrap();
+    assert!(String::from_utf8(out.stdout).unwrap().contains("<ns1:PreprovisionedVm>true</ns1:PreprovisionedVm>"));
+    let plain = dir.path().join("plain.toml");
+    std::fs::write(&plain, "hostname = \"x\"\n").unwrap();
+    let out = sim().args(["ovf", "--customer", "--vm"]).arg(&plain).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no [customer] table"));
+
+    let mut child = Child(
+        sim()
+            .args(["serve", "--vm"])
+            .arg(&vm)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().trim_start_matches("http://").to_string();
+    let reprovision = "GET /metadata/reprovisiondata?api-version=2019-06-01 HTTP/1.1\r\nMetadata: true\r\n\r\n";
+    assert!(http(&addr, reprovision).starts_with("HTTP/1.1 404"));
+    let assigned = http(&addr, "POST /azprov-sim/assign HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    assert!(assigned.starts_with("HTTP/1.1 200") && assigned.contains("\"trigger\":\"control\""), "{assigned}");
+    let ovf = http(&addr, reprovision);
+    assert!(ovf.starts_with("HTTP/1.1 200") && ovf.contains("<HostName>web-01</HostName>"), "{ovf}");
+    let status = http(&addr, "GET /azprov-sim/pps HTTP/1.1\r\n\r\n");
+    assert!(status.contains("\"reprovision_served\":1"), "{status}");
+}

@@ -15,7 +15,8 @@ pub const JITTER_FRACTION: f64 = 0.25;
 /// Deadline-bounded retry with exponential backoff and jitter.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
-    /// Give up once this much time has passed since the first attempt.
+    /// Give up once this much time has passed since the first attempt; [`RetryPolicy::NO_DEADLINE`] (or any span
+    /// too large to add to the clock) never gives up.
     pub deadline: Duration,
     /// Pause after the first failure; doubles up to `max_delay`.
     pub base_delay: Duration,
@@ -25,6 +26,9 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// A `deadline` that never passes: the loop retries until it succeeds or fails fatally.
+    pub const NO_DEADLINE: Duration = Duration::MAX;
+
     /// The pause before the next attempt after `failures` consecutive failures (1 = first failure), or `None`
     /// when `remaining` (time left until the deadline) is zero.
     ///
@@ -60,7 +64,8 @@ pub struct Retry<'a> {
     policy: RetryPolicy,
     clock: &'a dyn Clock,
     start: Instant,
-    deadline: Instant,
+    /// `None`: no deadline ([`RetryPolicy::NO_DEADLINE`]).
+    deadline: Option<Instant>,
     /// Consecutive failures since the last [`Retry::reset`]; drives the exponent.
     failures: u32,
     requests: u32,
@@ -68,10 +73,11 @@ pub struct Retry<'a> {
 }
 
 impl<'a> Retry<'a> {
-    /// Start the clock: the deadline is `policy.deadline` from now.
+    /// Start the clock: the deadline is `policy.deadline` from now (none for [`RetryPolicy::NO_DEADLINE`]).
     pub fn new(policy: &RetryPolicy, clock: &'a dyn Clock) -> Self {
         let start = clock.now();
-        let deadline = start.checked_add(policy.deadline).unwrap_or(start + Duration::from_secs(86_400 * 365));
+        let deadline =
+            if policy.deadline == RetryPolicy::NO_DEADLINE { None } else { start.checked_add(policy.deadline) };
         Retry { policy: policy.clone(), clock, start, deadline, failures: 0, requests: 0, last_request: None }
     }
 
@@ -110,9 +116,12 @@ impl<'a> Retry<'a> {
         self.failures = 0;
     }
 
-    /// Time left until the deadline (zero once passed).
+    /// Time left until the deadline (zero once passed; `Duration::MAX` without a deadline).
     pub fn remaining(&self) -> Duration {
-        self.deadline.saturating_duration_since(self.clock.now())
+        match self.deadline {
+            Some(d) => d.saturating_duration_since(self.clock.now()),
+            None => Duration::MAX,
+        }
     }
 
     /// Time since the retry loop started (the first attempt).
@@ -125,7 +134,8 @@ impl<'a> Retry<'a> {
         self.requests
     }
 
-    pub fn deadline(&self) -> Instant {
+    /// When the loop gives up; `None` without a deadline.
+    pub fn deadline(&self) -> Option<Instant> {
         self.deadline
     }
 }
@@ -474,13 +484,31 @@ pub(crate) mod tests {
             assert!(n < 100);
         }
         // Never slept past the deadline.
-        assert!(clock.now() <= r.deadline());
+        assert!(clock.now() <= r.deadline().unwrap());
         assert_eq!(r.remaining(), Duration::ZERO);
         assert!(r.elapsed() >= Duration::from_secs(10));
         assert!(r.elapsed() < Duration::from_secs(11));
         // Reset restarts the exponent.
         r.reset();
         assert_eq!(r.failures, 0);
+    }
+
+    #[test]
+    fn retry_without_deadline_never_gives_up() {
+        let clock = FakeClock::new();
+        let p = RetryPolicy { deadline: RetryPolicy::NO_DEADLINE, ..policy() };
+        let mut r = Retry::new(&p, &clock);
+        assert_eq!(r.deadline(), None);
+        for _ in 0..1000 {
+            assert!(r.backoff(None));
+        }
+        // capped backoff: 1 + 2 + 4·998 s (plus jitter up to 25 %), a long time without giving up
+        assert!(r.elapsed() >= Duration::from_secs(3995), "{:?}", r.elapsed());
+        assert_eq!(r.remaining(), Duration::MAX);
+        assert!(clock.sleeps().iter().all(|s| *s <= ms(5000)));
+        // a deadline too large for the clock is no deadline either
+        let huge = RetryPolicy { deadline: Duration::from_secs(u64::MAX / 2), ..policy() };
+        assert_eq!(Retry::new(&huge, &clock).deadline(), None);
     }
 
     #[test]

@@ -380,15 +380,143 @@ pub fn fetch_instance(client: &HttpClient, cfg: &ImdsConfig, clock: &dyn Clock) 
             }
         };
         if !retry.backoff(retry_after) {
-            let duration_s = retry.elapsed().as_secs_f64();
-            return Err(match last {
-                LastFailure::Http(code) => ImdsError::Http { code, duration_s },
-                LastFailure::Parse(detail) => ImdsError::Parse { detail },
-                LastFailure::Transport(TransportError::ConnectTimeout) => ImdsError::ConnectTimeout { duration_s },
-                LastFailure::Transport(TransportError::ReadTimeout) => ImdsError::ReadTimeout { duration_s },
-                LastFailure::Transport(TransportError::Connect(detail)) => ImdsError::Connect { duration_s, detail },
-                LastFailure::Transport(TransportError::Other(detail)) => ImdsError::Unexpected { detail },
-            });
+            return Err(last.into_error(retry.elapsed().as_secs_f64()));
+        }
+    }
+}
+
+impl LastFailure {
+    /// The error a loop that gives up after this failure reports.
+    fn into_error(self, duration_s: f64) -> ImdsError {
+        match self {
+            LastFailure::Http(code) => ImdsError::Http { code, duration_s },
+            LastFailure::Parse(detail) => ImdsError::Parse { detail },
+            LastFailure::Transport(TransportError::ConnectTimeout) => ImdsError::ConnectTimeout { duration_s },
+            LastFailure::Transport(TransportError::ReadTimeout) => ImdsError::ReadTimeout { duration_s },
+            LastFailure::Transport(TransportError::Connect(detail)) => ImdsError::Connect { duration_s, detail },
+            LastFailure::Transport(TransportError::Other(detail)) => ImdsError::Unexpected { detail },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// reprovisiondata (pre-provisioned VMs, platform.md §4.6 and §10)
+
+/// The api-version of `/metadata/reprovisiondata`.
+pub const REPROVISION_API_VERSION: &str = "2019-06-01";
+
+/// How `/metadata/reprovisiondata` is polled while the VM waits in the pool.
+#[derive(Debug, Clone)]
+pub struct ReprovisionConfig {
+    /// e.g. `http://169.254.169.254`
+    pub base_url: String,
+    /// Pause after the first failed poll (default 1 s; never less than that in production: a tight loop draws 429s).
+    pub pause: Duration,
+    /// The backoff doubles up to this pause (default 30 s), plus jitter.
+    pub max_pause: Duration,
+    /// Minimum spacing of request starts (default 200 ms, the IMDS rate limit).
+    pub min_interval: Duration,
+    /// Overall deadline from the first poll; `None` (the default): wait as long as the VM stays in the pool.
+    pub deadline: Option<Duration>,
+}
+
+impl ReprovisionConfig {
+    /// Defaults of platform.md §4.6: 1 s pause doubling to 30 s, no overall deadline.
+    pub fn new(base_url: impl Into<String>) -> Self {
+        ReprovisionConfig {
+            base_url: base_url.into(),
+            pause: Duration::from_secs(1),
+            max_pause: Duration::from_secs(30),
+            min_interval: Duration::from_millis(200),
+            deadline: None,
+        }
+    }
+
+    /// The retry policy: exponential backoff from `pause` to `max_pause`, until `deadline` if any.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            deadline: self.deadline.unwrap_or(RetryPolicy::NO_DEADLINE),
+            base_delay: self.pause,
+            max_delay: self.max_pause.max(self.pause),
+            min_interval: self.min_interval,
+        }
+    }
+}
+
+/// What to do after a connection error while polling `reprovisiondata`.
+pub type OnConnectionError<'a> = dyn FnMut(&TransportError) -> std::ops::ControlFlow<()> + 'a;
+
+/// Poll `GET {base}/metadata/reprovisiondata?api-version=2019-06-01` until it answers 200, and return the body —
+/// the customer's `ovf-env.xml`, a UTF-8 BOM removed — for the OVF parser (platform.md §4.6).
+///
+/// * 404, 410, 429 and 5xx are retried with a pause of at least `cfg.pause`, doubling to `cfg.max_pause`, plus
+///   jitter (a `Retry-After` is honoured within those bounds); a 200 with an empty body is retried too.
+/// * A connection error (refused, unreachable, connect timeout) means the VM's network changed: `on_conn_error` is
+///   called — the caller tears down and re-runs DHCP there — and polling goes on with a fresh backoff when it
+///   returns `Continue`; `Break` gives up with that error.
+/// * Read timeouts (the client's per-request timeout, 30 s in production) and other transport errors are retried.
+/// * Other 4xx (e.g. 400: no `Metadata` header) are fatal at once.
+/// * Without `cfg.deadline` it never gives up otherwise; with one, the last failure is returned when it passes.
+///
+/// The body holds the customer's secrets: it is never logged.
+pub fn fetch_reprovision_data(
+    client: &HttpClient,
+    cfg: &ReprovisionConfig,
+    clock: &dyn Clock,
+    on_conn_error: &mut OnConnectionError<'_>,
+) -> Result<Vec<u8>, ImdsError> {
+    let url = format!(
+        "{}/metadata/reprovisiondata?api-version={REPROVISION_API_VERSION}",
+        cfg.base_url.trim_end_matches('/')
+    );
+    let path = "/metadata/reprovisiondata";
+    let mut retry = Retry::new(&cfg.retry_policy(), clock);
+    let max_pause = cfg.max_pause.max(cfg.pause);
+    loop {
+        let attempt = retry.pace();
+        let request_id = uuid4();
+        let headers =
+            [("Metadata", "true"), ("x-ms-client-request-id", request_id.as_str()), ("User-Agent", crate::AGENT)];
+        let (last, retry_after) = match client.get(&url, &headers) {
+            Ok(resp) => {
+                debug!(attempt, path, status = resp.status, "IMDS answered");
+                match resp.status {
+                    200 => {
+                        let body = resp.body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&resp.body);
+                        if !body.iter().all(u8::is_ascii_whitespace) {
+                            debug!(
+                                attempt,
+                                bytes = body.len(),
+                                elapsed_s = retry.elapsed().as_secs_f64(),
+                                "reprovision data received"
+                            );
+                            return Ok(body.to_vec());
+                        }
+                        (LastFailure::Parse("empty reprovisiondata body".into()), None)
+                    }
+                    404 | 410 | 429 | 500..=599 => {
+                        let ra = resp.retry_after().map(|ra| ra.clamp(cfg.pause, max_pause));
+                        (LastFailure::Http(resp.status), ra)
+                    }
+                    code => return Err(ImdsError::Http { code, duration_s: retry.elapsed().as_secs_f64() }),
+                }
+            }
+            Err(e @ (TransportError::Connect(_) | TransportError::ConnectTimeout)) => {
+                debug!(attempt, path, error = %e, "IMDS unreachable: the network changed");
+                if on_conn_error(&e).is_break() {
+                    return Err(LastFailure::Transport(e).into_error(retry.elapsed().as_secs_f64()));
+                }
+                // a fresh start on the new network, still at least `pause` after this attempt
+                retry.reset();
+                (LastFailure::Transport(e), None)
+            }
+            Err(e) => {
+                debug!(attempt, path, error = %e, "IMDS request failed");
+                (LastFailure::Transport(e), None)
+            }
+        };
+        if !retry.backoff(retry_after) {
+            return Err(last.into_error(retry.elapsed().as_secs_f64()));
         }
     }
 }
@@ -728,5 +856,211 @@ mod tests {
         let e = fetch_instance(&client(), &cfg(&format!("http://127.0.0.1:{port}"), 150), &SystemClock).unwrap_err();
         assert!(matches!(e, ImdsError::Connect { .. }), "{e:?}");
         assert_eq!(e.to_string(), "connection error querying IMDS");
+    }
+}
+
+#[cfg(test)]
+mod reprovision_tests {
+    use std::ops::ControlFlow;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::platform::http::tests::{closed_port, reply, silent_server, FakeClock, Scripted};
+    use crate::timeutil::SystemClock;
+
+    const OVF: &str = "<?xml version=\"1.0\"?><Environment><HostName>customer</HostName></Environment>";
+
+    fn client() -> HttpClient {
+        HttpClient::new(Duration::from_millis(300), Duration::from_millis(300))
+    }
+
+    fn cfg(base: &str) -> ReprovisionConfig {
+        ReprovisionConfig { max_pause: Duration::from_secs(4), ..ReprovisionConfig::new(base) }
+    }
+
+    fn never(_: &TransportError) -> ControlFlow<()> {
+        panic!("no connection error expected")
+    }
+
+    #[test]
+    fn defaults_have_no_deadline() {
+        let c = ReprovisionConfig::new("http://169.254.169.254");
+        assert_eq!(c.deadline, None);
+        assert_eq!(c.pause, Duration::from_secs(1));
+        assert_eq!(c.max_pause, Duration::from_secs(30));
+        let p = c.retry_policy();
+        assert_eq!(p.deadline, RetryPolicy::NO_DEADLINE);
+        assert_eq!(p.max_delay, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn polls_through_404_410_429_5xx_with_capped_backoff() {
+        let clock = FakeClock::new();
+        let srv = Scripted::start(|i, req| {
+            if req.header("Metadata") != Some("true") {
+                return reply(400, "missing Metadata header");
+            }
+            match i {
+                0..=2 => reply(404, "{\"error\":\"Not found\"}"),
+                3 => reply(410, ""),
+                4 => Some((429, vec![("Retry-After", "0".to_string())], String::new())),
+                5 => reply(500, ""),
+                6 => Some((503, vec![("Retry-After", "3600".to_string())], String::new())),
+                7 => reply(502, ""),
+                8 => reply(200, "  \n"),
+                _ => reply(200, &format!("\u{feff}{OVF}")),
+            }
+        });
+        let body = fetch_reprovision_data(&client(), &cfg(&srv.base), &clock, &mut never).unwrap();
+        assert_eq!(body, OVF.as_bytes(), "BOM stripped");
+        let seen = srv.finish();
+        assert_eq!(seen.len(), 10);
+        for r in &seen {
+            assert_eq!(r.method, "GET");
+            assert_eq!(r.url, "/metadata/reprovisiondata?api-version=2019-06-01");
+            assert_eq!(r.header("Metadata"), Some("true"));
+            assert_eq!(r.header("x-ms-client-request-id").map(str::len), Some(36));
+        }
+        let s: Vec<u64> = clock.sleeps().iter().map(|d| d.as_millis() as u64).collect();
+        assert_eq!(s.len(), 9, "{s:?}");
+        let within = |v: u64, base: u64| v >= base && v <= base + base / 4;
+        assert!(within(s[0], 1000) && within(s[1], 2000) && within(s[2], 4000) && within(s[3], 4000), "{s:?}");
+        // Retry-After 0 → at least the pause; 3600 → at most the cap; no jitter on either
+        assert_eq!((s[4], s[6]), (1000, 4000), "{s:?}");
+        assert!(s.iter().all(|v| (1000..=5000).contains(v)), "{s:?}");
+    }
+
+    #[test]
+    fn other_4xx_is_fatal() {
+        for code in [400u16, 403] {
+            let srv = Scripted::start(move |_, _| reply(code, ""));
+            let e = fetch_reprovision_data(&client(), &cfg(&srv.base), &FakeClock::new(), &mut never).unwrap_err();
+            assert!(matches!(e, ImdsError::Http { code: c, .. } if c == code), "{e:?}");
+            assert_eq!(srv.finish().len(), 1);
+        }
+    }
+
+    #[test]
+    fn optional_deadline_ends_the_wait() {
+        let clock = FakeClock::new();
+        let srv = Scripted::start(|_, _| reply(404, ""));
+        let c = ReprovisionConfig { deadline: Some(Duration::from_secs(20)), ..cfg(&srv.base) };
+        let e = fetch_reprovision_data(&client(), &c, &clock, &mut never).unwrap_err();
+        let n = srv.finish().len();
+        assert!(matches!(e, ImdsError::Http { code: 404, .. }), "{e:?}");
+        // 1 + 2 + 4 + 4 + 4 + 4 (+ jitter) reaches 20 s after 5 to 7 pauses
+        assert!((5..=8).contains(&n), "{n}");
+        assert!(clock.sleeps().iter().sum::<Duration>() <= Duration::from_secs(20));
+    }
+
+    #[test]
+    fn connection_error_calls_back_and_polls_again_on_the_new_network() {
+        // IMDS is unreachable until the callback (the caller's DHCP) brings it up on the same address
+        let port = closed_port();
+        let base = format!("http://127.0.0.1:{port}");
+        let mut calls = 0;
+        let mut server = None;
+        let mut cb = |e: &TransportError| {
+            assert!(matches!(e, TransportError::Connect(_)), "{e:?}");
+            calls += 1;
+            if calls == 2 {
+                let srv = tiny_http::Server::http(format!("127.0.0.1:{port}")).unwrap();
+                server = Some(std::thread::spawn(move || {
+                    let mut n = 0;
+                    while let Ok(req) = srv.recv() {
+                        n += 1;
+                        let (code, body) = if n == 1 { (404, "") } else { (200, OVF) };
+                        req.respond(tiny_http::Response::from_string(body).with_status_code(code)).unwrap();
+                        if n == 2 {
+                            break;
+                        }
+                    }
+                    n
+                }));
+            }
+            ControlFlow::Continue(())
+        };
+        let clock = FakeClock::new();
+        let body = fetch_reprovision_data(&client(), &cfg(&base), &clock, &mut cb).unwrap();
+        assert_eq!(body, OVF.as_bytes());
+        assert_eq!(calls, 2);
+        assert_eq!(server.unwrap().join().unwrap(), 2);
+        // a fresh backoff after each network change: 1 s, 1 s, then 2 s after the 404
+        let s = clock.sleeps();
+        assert_eq!(s.len(), 3, "{s:?}");
+        let within = |d: Duration, ms: u64| d >= Duration::from_millis(ms) && d <= Duration::from_millis(ms + ms / 4);
+        assert!(within(s[0], 1000) && within(s[1], 1000) && within(s[2], 2000), "{s:?}");
+    }
+
+    #[test]
+    fn connection_error_break_gives_up() {
+        let base = format!("http://127.0.0.1:{}", closed_port());
+        let mut calls = 0;
+        let mut cb = |_: &TransportError| {
+            calls += 1;
+            if calls < 3 {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            }
+        };
+        let e = fetch_reprovision_data(&client(), &cfg(&base), &FakeClock::new(), &mut cb).unwrap_err();
+        assert!(matches!(e, ImdsError::Connect { .. }), "{e:?}");
+        assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn read_timeout_is_retried_without_callback() {
+        let port = silent_server(Duration::from_secs(2));
+        let c = ReprovisionConfig {
+            pause: Duration::from_millis(10),
+            max_pause: Duration::from_millis(10),
+            min_interval: Duration::ZERO,
+            deadline: Some(Duration::from_millis(250)),
+            ..ReprovisionConfig::new(format!("http://127.0.0.1:{port}"))
+        };
+        let client = HttpClient::new(Duration::from_millis(300), Duration::from_millis(100));
+        let e = fetch_reprovision_data(&client, &c, &SystemClock, &mut never).unwrap_err();
+        assert!(matches!(e, ImdsError::ReadTimeout { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn simulator_pool_vm_answers_after_assignment() {
+        use azprov_sim::{Simulator, VmDefinition};
+        let pool = VmDefinition { pps_type: "Running".into(), hostname: "pool-1".into(), ..Default::default() };
+        let vm =
+            pool.clone().with_customer(VmDefinition { hostname: "web-01".into(), username: "alice".into(), ..pool });
+        let sim = std::sync::Arc::new(Simulator::start(vm, azprov_sim::Faults::none()).unwrap());
+        let before = fetch_instance(&client(), &ImdsConfig::new(sim.url()), &SystemClock).unwrap();
+        assert_eq!(before.pps_type.as_deref(), Some("Running"));
+        // the platform assigns the VM while the agent polls
+        let assigner = {
+            let sim = std::sync::Arc::clone(&sim);
+            std::thread::spawn(move || {
+                while sim.pps_status().reprovision_polls < 3 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                sim.assign().unwrap()
+            })
+        };
+        let c = ReprovisionConfig {
+            pause: Duration::from_millis(20),
+            max_pause: Duration::from_millis(40),
+            min_interval: Duration::ZERO,
+            deadline: Some(Duration::from_secs(10)),
+            ..ReprovisionConfig::new(sim.url())
+        };
+        let body = fetch_reprovision_data(&client(), &c, &SystemClock, &mut never).unwrap();
+        assigner.join().unwrap();
+        let env = crate::platform::ovf::parse(&body).unwrap();
+        assert_eq!((env.hostname.as_str(), env.username.as_deref()), ("web-01", Some("alice")));
+        assert!(!env.preprovisioned_vm);
+        let st = sim.pps_status();
+        assert!(st.reprovision_polls_pooled >= 3, "{st:?}");
+        assert_eq!(st.reprovision_served, 1);
+        // then IMDS again: ppsType must now be None
+        let after = fetch_instance(&client(), &ImdsConfig::new(sim.url()), &SystemClock).unwrap();
+        assert_eq!(after.pps_type.as_deref(), Some("None"));
+        assert_eq!(after.computer_name.as_deref(), Some("web-01"));
     }
 }
