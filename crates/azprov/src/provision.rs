@@ -211,6 +211,13 @@ impl<'a> Run<'a> {
             }
         };
         self.vm_id = vm_id.clone();
+        // cloud-init's Azure datasource would provision (and report) too: two agents must not race
+        match duties::coexistence::check_cloud_init(self.sys, &self.cfg.coexistence) {
+            Ok(None) => {}
+            Ok(Some(w)) => self.warn(&w),
+            Err(msg) if self.opts.dry_run => self.warn(&msg),
+            Err(msg) => return early(exit::NOT_APPLICABLE, &msg),
+        }
         if !self.opts.dry_run && self.cfg.kvp.enabled && self.boot_epoch > 0 {
             let _ = self.sys.kvp_truncate_if_older(&self.cfg.kvp.pool_path, self.boot_epoch);
         }
@@ -219,6 +226,11 @@ impl<'a> Run<'a> {
             self.side_step("entropy", false, |sys, cfg| duties::entropy::feed(sys, &cfg.duties.entropy));
             self.side_step("scsi_timeouts", false, |sys, cfg| {
                 duties::scsi_timeouts::apply(sys, &cfg.duties.scsi_timeouts)
+            });
+            // WALinuxAgent stays for extensions but must not provision, format or rename (every boot: an image
+            // update may bring its default configuration back)
+            self.side_step("waagent_conf", false, |sys, cfg| {
+                duties::coexistence::configure_waagent(sys, &cfg.coexistence)
             });
         }
         if self.state.is_provisioned(&vm_id) {
@@ -235,7 +247,7 @@ impl<'a> Run<'a> {
             return self.finish(exit::OK, RunResult::InProgress, None, false, msg);
         }
 
-        // IMDS runs on its own thread while the DVD is read and the local duties run.
+        // IMDS runs on its own thread while the local duties run.
         let network = self.opts.phase.network();
         let client = imds_client(self.cfg);
         let mut icfg = ImdsConfig::new(self.cfg.platform.imds_url.clone());
@@ -246,12 +258,26 @@ impl<'a> Run<'a> {
         };
         let clock = self.clock;
         std::thread::scope(|s| {
-            let imds_thread = network.then(|| s.spawn(|| imds::fetch_instance(&client, &icfg, clock)));
+            // the OVF first (the per-boot copy of a split boot, or a quick DVD read): it may ask for the guest proxy
+            // agent, which must be up before anything goes to IMDS or the wireserver; IMDS then runs while the local
+            // duties do
             let ovf = self.read_ovf();
             let env = match ovf {
                 Ok(env) => env,
                 Err(f) => return self.fail(f),
             };
+            if network && !self.opts.dry_run && env.as_ref().is_some_and(|e| e.provision_guest_proxy_agent) {
+                // the proxy agent guards IMDS and the wireserver: nothing goes out before it is up
+                let t = self.clock.now();
+                match duties::coexistence::wait_proxy_agent(self.sys, self.cfg.coexistence.proxy_agent_wait_secs) {
+                    Ok(d) => self.record("proxy_agent", StepOutcome::Done, t, d),
+                    Err(f) => {
+                        self.record("proxy_agent", StepOutcome::Failed, t, f.reason.clone());
+                        return self.fail(f);
+                    }
+                }
+            }
+            let imds_thread = network.then(|| s.spawn(|| imds::fetch_instance(&client, &icfg, clock)));
             if self.opts.dry_run {
                 let imds = imds_thread.and_then(|h| h.join().ok()).and_then(|r| r.ok());
                 return self.dry_run(env.as_ref(), imds.as_ref());
@@ -838,6 +864,10 @@ impl<'a> Run<'a> {
             self.side_step("nic_names", true, |sys, _| duties::nic_names::pin(sys));
         }
         self.side_step("numa", true, |sys, cfg| duties::numa::apply(sys, &cfg.duties.numa));
+        if !env.provision_guest_agent {
+            // VM created with provisionVMAgent=false: WALinuxAgent (if the image has it) must not run extensions
+            self.side_step("disable_guest_agent", true, |sys, _| duties::coexistence::disable_guest_agent(sys));
+        }
         self.side_step("serial_console", true, |sys, cfg| {
             duties::serial_console::apply(sys, &cfg.duties.serial_console)
         });
@@ -977,6 +1007,16 @@ impl<'a> Run<'a> {
         if let Err(e) = self.state.mark_provisioned(&self.vm_id, &ts) {
             self.warn(&format!("Ready accepted but the provisioned marker could not be written: {e}"));
         }
+        // WALinuxAgent starts after this unit: it finds its own marker and an OVF copy without secrets
+        let ovf_bytes = self
+            .sys
+            .read(&self.cfg.state.run_dir.join(RUN_OVF))
+            .or_else(|_| self.sys.read(&self.cfg.state.dir.join("ovf-env.xml")))
+            .ok();
+        let vm_id = self.vm_id.clone();
+        self.side_step("waagent_markers", false, |sys, _| {
+            duties::coexistence::waagent_after_ready(sys, &vm_id, ovf_bytes.as_deref())
+        });
         let _ = self.sys.remove_file(&self.cfg.state.run_dir.join(RUN_OVF));
         let _ = self.sys.remove_file(&self.cfg.state.run_dir.join(RUN_DEVICE));
         let _ = self.sys.remove_file(&self.cfg.state.dir.join(TRANSPORT_KEY));
