@@ -2,6 +2,7 @@
 //! the platform (the report does).
 
 pub mod custom_data;
+pub mod dhcp_client;
 pub mod entropy;
 pub mod grub;
 pub mod host_keys;
@@ -12,6 +13,7 @@ pub mod nic_names;
 pub mod nics;
 pub mod numa;
 pub mod password;
+pub mod pps_network;
 pub mod resource_disk;
 pub mod routes;
 pub mod scsi_timeouts;
