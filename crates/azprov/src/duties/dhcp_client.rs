@@ -165,3 +165,73 @@ pub(crate) fn run_ok(sys: &dyn System, cmd: &Command) -> Result<(), String> {
         Err(e) => Err(format!("{}: {e}", cmd.display())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::system::record::RecordingSystem;
+
+    fn sandbox(files: &[(&str, &str)], installed: &[&str]) -> (tempfile::TempDir, RecordingSystem) {
+        let d = tempfile::tempdir().unwrap();
+        for (p, text) in files {
+            let host = d.path().join(p.trim_start_matches('/'));
+            std::fs::create_dir_all(host.parent().unwrap()).unwrap();
+            std::fs::write(host, text).unwrap();
+        }
+        let sys = RecordingSystem::new(d.path());
+        for t in ["networkctl", "nmcli", "dhclient", "dhcpcd", "ifup"] {
+            if installed.contains(&t) {
+                sys.script(t, Default::default());
+            } else {
+                sys.uninstall(t);
+            }
+        }
+        (d, sys)
+    }
+
+    #[test]
+    fn dhcpcd_pid_files_of_every_version() {
+        let (_d, sys) = sandbox(
+            &[
+                // dhcpcd 9: the manager, retitled
+                ("/run/dhcpcd/pid", "10\n"),
+                ("/proc/10/cmdline", "dhcpcd: [manager] [ip4] [ip6]\0"),
+                // dhcpcd 7/8: per interface
+                ("/var/run/dhcpcd-eth1-4.pid", "11\n"),
+                ("/proc/11/cmdline", "/sbin/dhcpcd\0-4\0eth1\0"),
+                // a stale file, and a pid reused by something else
+                ("/run/dhcpcd-eth2.pid", "12\n"),
+                ("/run/dhcpcd/eth3.pid", "13\n"),
+                ("/proc/13/cmdline", "/usr/bin/dhcpcd-ui\0"),
+                ("/run/dhclient.pid", "14\n"),
+                ("/proc/14/cmdline", "/sbin/dhcpcd\0"),
+            ],
+            &["dhcpcd"],
+        );
+        let found = running_clients(&sys, "dhcpcd");
+        let pids: Vec<u32> = found.iter().map(|p| p.pid).collect();
+        assert_eq!(pids, [11, 10]);
+        assert_eq!(found[0].args, ["-4", "eth1"]);
+        assert!(running_dhclients(&sys).is_empty());
+        assert!(matches!(detect(&sys), Some(Stack::Dhcpcd(p)) if p.len() == 2));
+        // not installed: not the stack
+        sys.uninstall("dhcpcd");
+        assert_eq!(detect(&sys), None);
+    }
+
+    #[test]
+    fn detection_prefers_the_network_managers() {
+        let files = [
+            (NETWORKD_STATE, "x"),
+            ("/run/NetworkManager/x", ""),
+            ("/run/dhclient.pid", "14\n"),
+            ("/proc/14/cmdline", "/sbin/dhclient\0eth0\0"),
+        ];
+        let (_d, sys) = sandbox(&files, &["networkctl", "nmcli", "dhclient"]);
+        assert_eq!(detect(&sys), Some(Stack::Networkd));
+        let (_d, sys) = sandbox(&files, &["nmcli", "dhclient"]);
+        assert_eq!(detect(&sys), Some(Stack::NetworkManager));
+        let (_d, sys) = sandbox(&files, &["dhclient"]);
+        assert!(matches!(detect(&sys), Some(Stack::Dhclient(p)) if p[0].interfaces() == ["eth0"]));
+    }
+}

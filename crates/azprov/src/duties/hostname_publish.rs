@@ -99,7 +99,7 @@ pub fn publish(sys: &dyn System, name: &str) -> Outcome {
         Some(Stack::Dhclient(procs)) => dhclient(sys, &name, &procs),
         Some(Stack::Wicked) => wicked(sys, &name),
         Some(Stack::Dhcpcd(_)) => {
-            Outcome::Skipped("dhcpcd runs: publishing through it is not supported (it sends the host name it had)".into())
+            Outcome::Skipped("dhcpcd runs: azprov does not publish the host name through dhcpcd".into())
         }
     }
 }
@@ -405,6 +405,18 @@ mod tests {
             Outcome::Failed(f) => assert_eq!(f.reason, FAILURE),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn dhcpcd_is_not_published_through() {
+        let (_d, sys) = sandbox(&[("/run/dhcpcd/pid", "10\n"), ("/proc/10/cmdline", "dhcpcd: [manager] [ip4]\0")]);
+        sys.script("dhcpcd", ok(""));
+        sys.uninstall("dhclient");
+        match publish(&sys, "vm1") {
+            Outcome::Skipped(r) => assert!(r.contains("dhcpcd"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(sys.commands().is_empty());
     }
 
     const NETWORKCTL_LIST: &str = "  1 lo   loopback carrier    unmanaged\n  2 eth0 ether    routable   configured\n  \

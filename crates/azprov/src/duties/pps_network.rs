@@ -357,24 +357,31 @@ impl<'a> Watcher<'a> {
     ) -> Result<Attached, Failure> {
         let started = Instant::now();
         let vfs = vf_names(self.sys);
-        let known = self.known.clone();
-        let mut step = |input: Input| -> Result<Option<Link>, Failure> {
-            let fresh = |l: &Link| !known.contains(&l.index) && is_candidate(l, &vfs);
-            Ok(match input {
-                Input::Event(LinkEvent::New(l)) if fresh(&l) => Some(l),
-                Input::State(links) => links.into_iter().find(|l| fresh(l)),
-                _ => None,
-            })
-        };
-        let link = match self.wait(timeout.map(|t| started + t), &mut step) {
-            Ok(l) => l,
-            Err(Stop::Failed(f)) => return Err(f),
-            Err(Stop::Timeout) => {
-                return Err(Failure::new(ATTACH_TIMEOUT).with("waited_s", started.elapsed().as_secs()));
+        loop {
+            let known = self.known.clone();
+            let mut step = |input: Input| -> Result<Option<Link>, Failure> {
+                let fresh = |l: &Link| !known.contains(&l.index) && is_candidate(l, &vfs);
+                Ok(match input {
+                    Input::Event(LinkEvent::New(l)) if fresh(&l) => Some(l),
+                    Input::State(links) => links.into_iter().find(|l| fresh(l)),
+                    _ => None,
+                })
+            };
+            let link = match self.wait(timeout.map(|t| started + t), &mut step) {
+                Ok(l) => l,
+                Err(Stop::Failed(f)) => return Err(f),
+                Err(Stop::Timeout) => {
+                    return Err(Failure::new(ATTACH_TIMEOUT).with("waited_s", started.elapsed().as_secs()));
+                }
+            };
+            self.known.insert(link.index);
+            let index = link.index;
+            let attached = bring_up(self.sys, link, tries, interval);
+            // a link that went away meanwhile (moved to another namespace, renamed into a bond…) is not a NIC
+            if attached.up || self.sys.links().map_or(true, |all| all.iter().any(|l| l.index == index)) {
+                return Ok(attached);
             }
-        };
-        self.known.insert(link.index);
-        Ok(bring_up(self.sys, link, tries, interval))
+        }
     }
 
     /// Savable, the whole wait: `nic` is detached, then every hot-attached NIC is brought up and gets a DHCP lease
@@ -420,8 +427,13 @@ fn bring_up(sys: &dyn System, mut link: Link, tries: u32, interval: Duration) ->
     let udev = sys.is_live() && sys.exists(Path::new(UDEV_DATA));
     let udev_entry = format!("{UDEV_DATA}/n{}", link.index);
     for attempt in 0..tries.max(1) {
-        if let Some(now) = sys.links().ok().and_then(|all| all.into_iter().find(|l| l.index == link.index)) {
-            link = now;
+        match sys.links() {
+            Ok(all) => match all.into_iter().find(|l| l.index == link.index) {
+                Some(now) => link = now,
+                // gone (moved to another namespace, detached again)
+                None => return Attached { link, up: false },
+            },
+            Err(e) => tracing::warn!("cannot read the links: {e}"),
         }
         if link.is_up() {
             return Attached { link, up: true };
@@ -670,7 +682,7 @@ pub fn renew_dhcp_within(sys: &dyn System, ifname: &str, wait: Duration) -> Outc
         };
     let a = wait_for_address(sys, index, Instant::now() + wait);
     if a.is_empty() {
-        return failed(method, format!("{did}: no IPv4 address within {} s", wait.as_secs()));
+        return failed(method, format!("{did}: no IPv4 address within {wait:?}"));
     }
     let shown: Vec<String> = a.iter().map(|a| format!("{}/{}", a.address, a.prefix_len)).collect();
     Outcome::Done(format!("renewed the lease of {ifname} through {method} ({did}): {}", shown.join(" ")))
@@ -741,5 +753,899 @@ pub fn pool_nic(sys: &dyn System, imds_mac: Option<&str>) -> Result<Link, Failur
     match up.as_slice() {
         [one] => Ok((*one).clone()),
         _ => Err(Failure::new(NO_INTERFACE).with("imds_mac", imds_mac.unwrap_or("")).with("links", link_names(&links))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::duties::dhcp_client::{running_dhclients, NETWORKD_STATE, NM_RUN};
+    use crate::system::record::{LinkStep, RecordingSystem};
+    use crate::system::{
+        CommandOutput, RealSystem, IFF_LOOPBACK, IFF_LOWER_UP, IFF_RUNNING, IF_OPER_LOWERLAYERDOWN, IF_OPER_UP,
+    };
+    use std::net::Ipv4Addr;
+
+    const MAC0: &str = "000D3A047598";
+    /// Every program a DHCP method may run: the ones a test does not script are "not installed", so a unit test
+    /// never runs a real DHCP client on this machine.
+    const TOOLS: &[&str] = &["networkctl", "nmcli", "dhclient", "dhcpcd", "ifup"];
+
+    fn link(index: u32, name: &str, mac: &str, up: bool) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            mac: mac.into(),
+            link_type: ARPHRD_ETHER,
+            flags: if up { IFF_UP | IFF_RUNNING | IFF_LOWER_UP | 0x1000 } else { IFF_UP | 0x1000 },
+            oper_state: if up { IF_OPER_UP } else { IF_OPER_LOWERLAYERDOWN },
+            carrier_down_count: Some(1),
+            master: None,
+        }
+    }
+
+    fn admin_down(index: u32, name: &str, mac: &str) -> Link {
+        Link { flags: 0x1000, oper_state: 2, ..link(index, name, mac, false) }
+    }
+
+    fn lo() -> Link {
+        Link {
+            index: 1,
+            name: "lo".into(),
+            link_type: 772,
+            flags: IFF_UP | IFF_LOOPBACK | IFF_RUNNING | IFF_LOWER_UP,
+            ..Default::default()
+        }
+    }
+
+    fn addr(index: u32, a: &str) -> Ipv4Address {
+        Ipv4Address { index, address: a.parse().unwrap(), prefix_len: 24 }
+    }
+
+    /// A live-looking recording system with `links`, the DHCP tools in `scripted` answering `ok`, the others absent.
+    fn sandbox(links: Vec<Link>, scripted: &[&str], files: &[(&str, &str)]) -> (tempfile::TempDir, RecordingSystem) {
+        let d = tempfile::tempdir().unwrap();
+        for (p, text) in files {
+            let host = d.path().join(p.trim_start_matches('/'));
+            std::fs::create_dir_all(host.parent().unwrap()).unwrap();
+            std::fs::write(host, text).unwrap();
+        }
+        let sys = RecordingSystem::new(d.path());
+        sys.pretend_live();
+        sys.set_links(links);
+        sys.set_ipv4_addresses(Vec::new());
+        for t in TOOLS {
+            if scripted.contains(t) {
+                sys.script(t, CommandOutput { status: Some(0), ..Default::default() });
+            } else {
+                sys.uninstall(t);
+            }
+        }
+        (d, sys)
+    }
+
+    fn argvs(sys: &RecordingSystem) -> Vec<String> {
+        sys.commands().iter().map(|c| c.display()).collect()
+    }
+
+    const SHORT: Option<Duration> = Some(Duration::from_millis(150));
+    const LONG: Option<Duration> = Some(Duration::from_secs(10));
+
+    #[test]
+    fn resolve_by_name_or_mac_prefers_the_synthetic_nic() {
+        let vf = Link { master: Some(2), ..link(4, "enP1s1", MAC0, true) };
+        let links = vec![lo(), vf.clone(), link(2, "eth0", MAC0, true), link(3, "eth1", "000D3A047599", true)];
+        let none = BTreeSet::new();
+        assert_eq!(resolve("eth1", &links, &none).unwrap().index, 3);
+        assert_eq!(resolve("00:0d:3a:04:75:98", &links, &none).unwrap().name, "eth0");
+        assert_eq!(resolve("000d3a047598", &links, &none).unwrap().name, "eth0");
+        assert!(resolve("eth9", &links, &none).is_none());
+        assert!(resolve("00:0d:3a:04:75:9a", &links, &none).is_none());
+        // a VF not (yet) enslaved: sysfs's driver tells
+        let free_vf = Link { master: None, index: 1, ..vf };
+        let links = vec![free_vf, link(2, "eth0", MAC0, true)];
+        let vfs: BTreeSet<String> = ["enP1s1".to_string()].into();
+        assert_eq!(resolve(MAC0, &links, &vfs).unwrap().name, "eth0");
+        assert_eq!(resolve(MAC0, &links, &none).unwrap().name, "enP1s1", "lowest index without sysfs facts");
+    }
+
+    #[test]
+    fn start_fails_where_links_cannot_be_watched() {
+        let d = tempfile::tempdir().unwrap();
+        let sys = RecordingSystem::new(d.path());
+        match Watcher::start(&sys) {
+            Err(f) => {
+                assert_eq!(f.reason, WATCH_FAILED);
+                assert!(f.to_string().contains("subscribe"), "{f}");
+            }
+            Ok(_) => panic!("a sandbox root has no links to watch"),
+        }
+        let real = RealSystem::new(d.path());
+        assert!(Watcher::start(&real).is_err());
+        assert!(matches!(renew_dhcp(&real, "eth0"), Outcome::Skipped(r) if r == "not the running system"));
+    }
+
+    #[test]
+    fn bounce_is_down_then_up_on_the_same_link() {
+        let (_d, sys) =
+            sandbox(vec![lo(), link(2, "eth0", MAC0, true), link(3, "eth1", "000D3A047599", true)], &[], &[]);
+        let mut w = Watcher::start(&sys).unwrap();
+        sys.script_link_events(vec![
+            // an up notification (a change of something else) is not the bounce
+            LinkStep::Event(LinkEvent::New(link(2, "eth0", MAC0, true))),
+            // another link's bounce is not ours
+            LinkStep::Event(LinkEvent::New(link(3, "eth1", "000D3A047599", false))),
+            LinkStep::Event(LinkEvent::New(link(3, "eth1", "000D3A047599", true))),
+            LinkStep::Quiet,
+            LinkStep::Event(LinkEvent::New(link(2, "eth0", MAC0, false))),
+            LinkStep::Event(LinkEvent::New(link(2, "eth0", MAC0, false))),
+            LinkStep::Event(LinkEvent::New(link(2, "eth0", MAC0, true))),
+            LinkStep::Event(LinkEvent::New(link(3, "eth1", "000D3A047599", false))),
+        ]);
+        let b = w.wait_bounce("eth0", LONG).unwrap();
+        assert_eq!(b.link.name, "eth0");
+        assert!(b.link.is_up());
+        assert!(b.how.starts_with("event: flags 0x1001, oper state 3"), "{}", b.how);
+        assert!(b.describe().starts_with("eth0 went down (event"), "{}", b.describe());
+        // the rest of the script is still there for the next wait; nothing happens to eth0 any more
+        match w.wait_bounce(MAC0, SHORT) {
+            Err(f) => {
+                assert_eq!(f.reason, BOUNCE_TIMEOUT);
+                let t = f.to_string();
+                assert!(t.contains("nic=000D3A047598") && t.contains("seen_down=no"), "{t}");
+            }
+            Ok(b) => panic!("{b:?}"),
+        }
+    }
+
+    #[test]
+    fn bounce_up_without_down_is_not_enough() {
+        let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &[], &[]);
+        let mut w = Watcher::start(&sys).unwrap();
+        sys.script_link_events(vec![
+            LinkStep::Event(LinkEvent::New(link(2, "eth0", MAC0, true))),
+            LinkStep::Event(LinkEvent::Overrun),
+        ]);
+        let f = w.wait_bounce("00:0d:3a:04:75:98", SHORT).unwrap_err();
+        assert_eq!(f.reason, BOUNCE_TIMEOUT);
+        assert!(f.to_string().contains("events=1"), "{f}");
+        // an unknown NIC is not waited for
+        let f = w.wait_bounce("eth7", None).unwrap_err();
+        assert_eq!(f.reason, NO_INTERFACE);
+        assert!(f.to_string().contains("links=lo,eth0"), "{f}");
+    }
+
+    #[test]
+    fn bounce_seen_when_the_links_are_read_again() {
+        // the notifications were lost: a quiet interval shows eth0 down, a later one up
+        let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &[], &[]);
+        let mut w = Watcher::start(&sys).unwrap();
+        sys.script_link_events(vec![
+            LinkStep::Silently(vec![lo(), link(2, "eth0", MAC0, false)]),
+            LinkStep::Quiet,
+            LinkStep::Silently(vec![lo(), link(2, "eth0", MAC0, true)]),
+            LinkStep::Quiet,
+        ]);
+        let b = w.wait_bounce("eth0", LONG).unwrap();
+        assert_eq!(b.how, "seen down when the links were read again");
+        // the whole bounce between two reads: the kernel's carrier-loss counter tells (after an overrun)
+        let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &[], &[]);
+        let mut w = Watcher::start(&sys).unwrap();
+        let again = Link { carrier_down_count: Some(2), ..link(2, "eth0", MAC0, true) };
+        sys.script_link_events(vec![LinkStep::Silently(vec![lo(), again]), LinkStep::Event(LinkEvent::Overrun)]);
+        let b = w.wait_bounce("eth0", LONG).unwrap();
+        assert_eq!(b.how, "carrier lost 1 time(s) by the kernel's counter");
+    }
+
+    #[test]
+    fn bounce_from_a_down_start_needs_an_event() {
+        // down when the watch opened, still down when read again: not yet the bounce's down
+        let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, false)], &[], &[]);
+        let mut w = Watcher::start(&sys).unwrap().with_poll_interval(Duration::from_millis(10));
+        sys.script_link_events(vec![LinkStep::Quiet, LinkStep::Silently(vec![lo(), link(2, "eth0", MAC0, true)])]);
+        assert_eq!(w.wait_bounce("eth0", SHORT).unwrap_err().reason, BOUNCE_TIMEOUT);
+    }
+
+    #[test]
+    fn a_vf_coming_and_going_is_no_bounce_but_a_recreated_nic_is() {
+        let vf = Link { master: Some(2), ..link(4, "enP1s1", MAC0, true) };
+        let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true), vf.clone()], &[], &[]);
+        let mut w = Watcher::start(&sys).unwrap();
+        sys.script_link_events(vec![
+            LinkStep::Event(LinkEvent::New(Link { master: None, ..vf.clone() })),
+            LinkStep::Event(LinkEvent::Del(Link { master: None, ..vf.clone() })),
+            LinkStep::Event(LinkEvent::New(link(2, "eth0", MAC0, true))),
+            LinkStep::Event(LinkEvent::New(Link { index: 5, master: None, ..vf.clone() })),
+        ]);
+        assert_eq!(w.wait_bounce("eth0", SHORT).unwrap_err().reason, BOUNCE_TIMEOUT);
+        // the NIC itself removed and added again (new index, same MAC)
+        sys.script_link_events(vec![
+            LinkStep::Event(LinkEvent::Del(link(2, "eth0", MAC0, true))),
+            LinkStep::Event(LinkEvent::New(Link { master: Some(7), ..link(6, "enP2s2", MAC0, true) })),
+            LinkStep::Event(LinkEvent::New(admin_down(7, "eth0", MAC0))),
+            LinkStep::Event(LinkEvent::New(link(7, "eth0", MAC0, true))),
+        ]);
+        let b = w.wait_bounce("eth0", LONG).unwrap();
+        assert_eq!((b.link.index, b.how.as_str()), (7, "removed"));
+    }
+
+    #[test]
+    fn detach_then_attach_brings_the_new_link_up() {
+        let (_d, sys) =
+            sandbox(vec![lo(), link(2, "eth0", MAC0, true), link(3, "docker0", "0242AC110002", true)], &[], &[]);
+        let mut w = Watcher::start(&sys).unwrap();
+        let vf = Link { master: Some(9), ..link(8, "enP1s1", "000D3A0475AA", false) };
+        let bridge_port = Link { master: Some(3), ..link(10, "veth1", "AA0D3A0475AA", false) };
+        let tun = Link { link_type: 65534, ..link(11, "tun0", "", false) };
+        sys.script_link_events(vec![
+            LinkStep::Event(LinkEvent::New(link(2, "eth0", MAC0, false))),
+            LinkStep::Event(LinkEvent::Del(link(3, "docker0", "0242AC110002", true))),
+            LinkStep::Event(LinkEvent::Del(link(2, "eth0", MAC0, false))),
+            // not candidates: a VF, an enslaved port, a non-Ethernet link, the loopback
+            LinkStep::Event(LinkEvent::New(vf)),
+            LinkStep::Event(LinkEvent::New(bridge_port)),
+            LinkStep::Event(LinkEvent::New(tun)),
+            LinkStep::Event(LinkEvent::New(lo())),
+            LinkStep::Event(LinkEvent::New(admin_down(9, "eth1", "000D3A0475AA"))),
+        ]);
+        let d = w.wait_detach("eth0", LONG).unwrap();
+        assert_eq!((d.index, d.name.as_str()), (2, "eth0"));
+        let a = w.wait_attach(LONG, 10, Duration::from_millis(1)).unwrap();
+        assert_eq!((a.link.name.as_str(), a.up), ("eth1", true));
+        assert!(a.link.is_up());
+        assert_eq!(sys.links_set_up(), [9]);
+        // each link is handed out once
+        assert_eq!(w.wait_attach(SHORT, 10, Duration::from_millis(1)).unwrap_err().reason, ATTACH_TIMEOUT);
+    }
+
+    #[test]
+    fn detach_and_attach_seen_when_the_links_are_read_again() {
+        let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &[], &[]);
+        let mut w = Watcher::start(&sys).unwrap();
+        sys.script_link_events(vec![
+            LinkStep::Silently(vec![lo()]),
+            LinkStep::Quiet,
+            LinkStep::Silently(vec![lo(), link(5, "eth0", "000D3A0475AB", true)]),
+            LinkStep::Event(LinkEvent::Overrun),
+        ]);
+        assert_eq!(w.wait_detach("eth0", LONG).unwrap().index, 2);
+        let a = w.wait_attach(LONG, 10, Duration::from_millis(1)).unwrap();
+        assert_eq!((a.link.index, a.up), (5, true));
+        assert!(sys.links_set_up().is_empty(), "already up: not touched");
+        // a link that never gets carrier
+        let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &[], &[]);
+        let mut w = Watcher::start(&sys).unwrap();
+        sys.script_link_events(vec![LinkStep::Event(LinkEvent::New(link(3, "eth1", "000D3A0475AB", false)))]);
+        let a = w.wait_attach(LONG, 3, Duration::from_millis(1)).unwrap();
+        assert!(!a.up);
+        assert!(sys.links_set_up().is_empty(), "administratively up already");
+        assert_eq!(w.wait_detach("eth0", SHORT).unwrap_err().reason, DETACH_TIMEOUT);
+    }
+
+    #[test]
+    fn reattach_gets_leases_until_the_primary() {
+        let (_d, sys) = sandbox(
+            vec![lo(), link(2, "eth0", MAC0, true)],
+            &["dhclient"],
+            &[("/run/dhclient.eth0.pid", "4242\n"), ("/proc/4242/cmdline", CMDLINE)],
+        );
+        let mut w = Watcher::start(&sys).unwrap();
+        sys.script_link_events(vec![
+            LinkStep::Event(LinkEvent::Del(link(2, "eth0", MAC0, true))),
+            LinkStep::Event(LinkEvent::New(admin_down(3, "eth1", "000D3A0475A1"))),
+            LinkStep::Event(LinkEvent::New(admin_down(4, "eth2", "000D3A0475A2"))),
+            LinkStep::Event(LinkEvent::New(admin_down(5, "eth3", "000D3A0475A3"))),
+        ]);
+        // eth1 gets no lease, eth2 one but is not the primary, eth3 is
+        sys.set_ipv4_addresses(vec![addr(4, "10.1.0.4"), addr(5, "10.0.0.5"), addr(5, "169.254.3.3")]);
+        let opts = ReattachOptions {
+            timeout: LONG,
+            dhcp_timeout: Duration::from_millis(300),
+            link_up_tries: 5,
+            link_up_interval: Duration::from_millis(1),
+        };
+        let mut asked = Vec::new();
+        let r = w
+            .wait_reattach("eth0", &opts, &mut |n| {
+                asked.push(n.link.name.clone());
+                n.link.mac == "000D3A0475A3"
+            })
+            .unwrap();
+        assert_eq!(asked, ["eth2", "eth3"]);
+        assert_eq!(r.detached.name, "eth0");
+        assert_eq!(r.primary().unwrap().link.name, "eth3");
+        assert_eq!(r.primary().unwrap().addresses, vec![addr(5, "10.0.0.5")]);
+        assert_eq!(r.skipped.len(), 1);
+        assert!(r.skipped[0].starts_with("eth1: failure to obtain DHCP lease"), "{:?}", r.skipped);
+        let text = r.describe();
+        assert!(text.contains("eth0 detached; hot-attached: eth2 (10.1.0.4/24), eth3 (10.0.0.5/24)"), "{text}");
+        assert_eq!(sys.links_set_up(), [3, 4, 5]);
+        // a new client with the running one's lease directory, per interface, until the deadline; eth2 and eth3
+        // had their addresses at once (configured by the stack)
+        let cmds = argvs(&sys);
+        assert!(!cmds.is_empty());
+        for c in cmds {
+            assert_eq!(c, "dhclient -1 -4 -pf /run/dhclient.eth1.pid -lf /var/lib/dhcp/dhclient.eth1.leases eth1");
+        }
+    }
+
+    #[test]
+    fn reattach_times_out() {
+        let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &[], &[]);
+        let mut w = Watcher::start(&sys).unwrap();
+        let opts = ReattachOptions { timeout: SHORT, ..Default::default() };
+        assert_eq!(w.wait_reattach("eth0", &opts, &mut |_| true).unwrap_err().reason, DETACH_TIMEOUT);
+        sys.script_link_events(vec![LinkStep::Event(LinkEvent::Del(link(2, "eth0", MAC0, true)))]);
+        let f = w.wait_reattach("eth0", &opts, &mut |_| true).unwrap_err();
+        assert_eq!(f.reason, ATTACH_TIMEOUT);
+        assert!(f.to_string().contains("with_lease=0"), "{f}");
+    }
+
+    #[test]
+    fn dhcp_on_a_new_link_follows_the_stack() {
+        // already configured by the stack: nothing run
+        let (_d, sys) =
+            sandbox(vec![lo(), link(3, "eth1", "000D3A0475A1", true)], &["networkctl"], &[(NETWORKD_STATE, "x\n")]);
+        sys.set_ipv4_addresses(vec![addr(3, "10.0.0.9")]);
+        assert_eq!(dhcp_link(&sys, "eth1", Duration::from_secs(1)).unwrap(), vec![addr(3, "10.0.0.9")]);
+        assert!(sys.commands().is_empty());
+        // networkd asked once, then waited for
+        sys.set_ipv4_addresses(vec![]);
+        let f = dhcp_link(&sys, "eth1", Duration::from_millis(300)).unwrap_err();
+        assert_eq!(f.reason, NO_LEASE);
+        assert!(f.to_string().contains("method=systemd-networkd"), "{f}");
+        assert_eq!(argvs(&sys), ["networkctl reconfigure eth1"]);
+        // NetworkManager
+        let (_d, sys) = sandbox(vec![lo(), link(3, "eth1", "000D3A0475A1", true)], &["nmcli"], &[(NM_RUN, "")]);
+        sys.set_ipv4_addresses(vec![addr(1, "127.0.0.1")]);
+        let _ = dhcp_link(&sys, "eth1", Duration::from_millis(100));
+        assert_eq!(argvs(&sys), ["nmcli --wait 1 device connect eth1"]);
+        // nothing installed
+        let (_d, sys) = sandbox(vec![lo(), link(3, "eth1", "000D3A0475A1", true)], &[], &[]);
+        let f = dhcp_link(&sys, "eth1", Duration::from_secs(60)).unwrap_err();
+        assert!(f.to_string().contains("no DHCP client found"), "{f}");
+        // dhcpcd installed but not running: one waiting run
+        let (_d, sys) = sandbox(vec![lo(), link(3, "eth1", "000D3A0475A1", true)], &["dhcpcd"], &[]);
+        let _ = dhcp_link(&sys, "eth1", Duration::from_millis(100));
+        assert_eq!(argvs(&sys), ["dhcpcd -4 -w -t 1 eth1"]);
+        // no such link
+        assert_eq!(dhcp_link(&sys, "eth9", Duration::from_secs(1)).unwrap_err().reason, NO_INTERFACE);
+    }
+
+    const CMDLINE: &str = "/sbin/dhclient\0-1\0-4\0-v\0-i\0-pf\0/run/dhclient.eth0.pid\0-lf\0\
+                           /var/lib/dhcp/dhclient.eth0.leases\0-I\0-df\0/var/lib/dhcp/dhclient6.eth0.leases\0eth0\0";
+
+    #[test]
+    fn renew_through_networkd_and_network_manager() {
+        let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &["networkctl"], &[(NETWORKD_STATE, "x\n")]);
+        sys.set_ipv4_addresses(vec![addr(2, "10.0.0.4")]);
+        match renew_dhcp(&sys, "eth0") {
+            Outcome::Done(d) => {
+                assert_eq!(
+                    d,
+                    "renewed the lease of eth0 through systemd-networkd (networkctl reconfigure eth0): 10.0.0.4/24"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(argvs(&sys), ["networkctl reconfigure eth0"]);
+        // reconfigure and renew both refused
+        sys.script(
+            "networkctl",
+            CommandOutput { status: Some(1), stderr: b"Unknown command".to_vec(), ..Default::default() },
+        );
+        match renew_dhcp(&sys, "eth0") {
+            Outcome::Failed(f) => {
+                assert_eq!(f.reason, NO_LEASE);
+                assert!(f.to_string().contains("Unknown command"), "{f}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(argvs(&sys)[1..], ["networkctl reconfigure eth0", "networkctl renew eth0"]);
+
+        let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &["nmcli"], &[("/run/NetworkManager/x", "")]);
+        sys.set_ipv4_addresses(vec![addr(2, "10.0.0.4")]);
+        assert!(matches!(renew_dhcp_within(&sys, "eth0", Duration::from_secs(30)), Outcome::Done(_)));
+        assert_eq!(argvs(&sys), ["nmcli --wait 30 device connect eth0"]);
+        assert_eq!(sys.commands()[0].timeout, Duration::from_secs(40));
+        // no address in time
+        sys.set_ipv4_addresses(vec![addr(2, "169.254.1.1")]);
+        match renew_dhcp_within(&sys, "eth0", Duration::from_millis(100)) {
+            Outcome::Failed(f) => assert!(f.to_string().contains("no IPv4 address within 100ms"), "{f}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn renew_restarts_the_interfaces_dhclient_with_its_own_arguments() {
+        let files = [("/run/dhclient.eth0.pid", "4242\n"), ("/proc/4242/cmdline", CMDLINE)];
+        let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &["dhclient"], &files);
+        sys.set_ipv4_addresses(vec![addr(2, "10.0.0.4")]);
+        match renew_dhcp(&sys, "eth0") {
+            Outcome::Done(d) => {
+                assert!(d.contains("through dhclient (dhclient -r then -1 (pid 4242 replaced))"), "{d}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let rest = "-4 -v -i -pf /run/dhclient.eth0.pid -lf /var/lib/dhcp/dhclient.eth0.leases -I -df \
+                    /var/lib/dhcp/dhclient6.eth0.leases eth0";
+        assert_eq!(argvs(&sys), [format!("dhclient -r {rest}"), format!("dhclient -1 {rest}")]);
+        // a failing release: nothing else is run
+        let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &["dhclient"], &files);
+        sys.script("dhclient", CommandOutput { status: Some(2), stderr: b"no lease".to_vec(), ..Default::default() });
+        match renew_dhcp(&sys, "eth0") {
+            Outcome::Failed(f) => {
+                assert_eq!(f.reason, NO_LEASE);
+                assert!(f.to_string().contains("method=dhclient"), "{f}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(argvs(&sys), [format!("dhclient -r {rest}")]);
+        // a foreground client belongs to its service manager
+        let (_d, sys) = sandbox(
+            vec![lo(), link(2, "eth0", MAC0, true)],
+            &["dhclient"],
+            &[("/run/dhclient.pid", "7\n"), ("/proc/7/cmdline", "/sbin/dhclient\0-d\0-pf\0/run/dhclient.pid\0eth0\0")],
+        );
+        assert!(matches!(renew_dhcp(&sys, "eth0"), Outcome::Skipped(r) if r.contains("foreground")));
+        assert!(sys.commands().is_empty());
+    }
+
+    #[test]
+    fn renew_starts_a_client_like_the_others_when_none_serves_the_interface() {
+        let files = [
+            ("/run/dhclient.eth1.pid", "51\n"),
+            (
+                "/proc/51/cmdline",
+                "dhclient\0-nw\0-cf\0/etc/dhcp/x.conf\0-sf\0/usr/libexec/s\0-pf\0/run/dhclient.eth1.pid\0-lf\0\
+                 /var/lib/dhclient/dhclient.eth1.leases\0eth1\0",
+            ),
+            ("/var/lib/dhcp/keep", ""),
+        ];
+        let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &["dhclient"], &files);
+        sys.set_ipv4_addresses(vec![addr(2, "10.0.0.4")]);
+        assert!(matches!(renew_dhcp(&sys, "eth0"), Outcome::Done(d) if d.contains("new dhclient for eth0")));
+        assert_eq!(
+            argvs(&sys),
+            ["dhclient -1 -4 -cf /etc/dhcp/x.conf -sf /usr/libexec/s -pf /run/dhclient.eth0.pid -lf \
+              /var/lib/dhclient/dhclient.eth0.leases eth0"]
+        );
+        // no client runs at all, dhclient installed: the distribution's lease directory
+        let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &["dhclient"], &[("/var/lib/dhclient/x", "")]);
+        sys.set_ipv4_addresses(vec![addr(2, "10.0.0.4")]);
+        assert!(matches!(renew_dhcp(&sys, "eth0"), Outcome::Done(_)));
+        assert_eq!(
+            argvs(&sys),
+            ["dhclient -1 -4 -pf /run/dhclient.eth0.pid -lf /var/lib/dhclient/dhclient.eth0.leases eth0"]
+        );
+        // and when it fails, it goes on in the background
+        sys.script("dhclient", CommandOutput { status: Some(2), ..Default::default() });
+        assert!(matches!(renew_dhcp(&sys, "eth0"), Outcome::Failed(_)));
+        assert_eq!(
+            argvs(&sys)[1..],
+            [
+                "dhclient -1 -4 -pf /run/dhclient.eth0.pid -lf /var/lib/dhclient/dhclient.eth0.leases eth0",
+                "dhclient -nw -4 -pf /run/dhclient.eth0.pid -lf /var/lib/dhclient/dhclient.eth0.leases eth0"
+            ]
+        );
+    }
+
+    #[test]
+    fn renew_through_dhcpcd_wicked_or_nothing() {
+        let files = [("/run/dhcpcd/pid", "88\n"), ("/proc/88/cmdline", "dhcpcd: [manager] [ip4] [ip6]\0")];
+        let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &["dhcpcd"], &files);
+        sys.set_ipv4_addresses(vec![addr(2, "10.0.0.4")]);
+        assert!(matches!(renew_dhcp(&sys, "eth0"), Outcome::Done(d) if d.contains("dhcpcd -n eth0")));
+        assert_eq!(argvs(&sys), ["dhcpcd -n eth0"]);
+
+        let files = [("/run/wicked/nanny/x", ""), ("/etc/sysconfig/network/dhcp", "")];
+        let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &["ifup"], &files);
+        sys.set_ipv4_addresses(vec![addr(2, "10.0.0.4")]);
+        assert!(matches!(renew_dhcp(&sys, "eth0"), Outcome::Done(_)));
+        assert_eq!(argvs(&sys), ["ifup eth0"]);
+
+        let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &[], &[]);
+        match renew_dhcp(&sys, "eth0") {
+            Outcome::Skipped(r) => assert!(r.starts_with("no DHCP client found"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(renew_dhcp(&sys, "eth9"), Outcome::Failed(f) if f.reason == NO_INTERFACE));
+    }
+
+    #[test]
+    fn pool_nic_by_mac_default_route_or_the_only_one() {
+        use crate::system::{Ipv4Route, NextHop, RTN_UNICAST, RT_TABLE_MAIN};
+        let (_d, sys) =
+            sandbox(vec![lo(), link(2, "eth0", MAC0, true), link(3, "eth1", "000D3A047599", true)], &[], &[]);
+        assert_eq!(pool_nic(&sys, Some("00:0d:3a:04:75:99")).unwrap().name, "eth1");
+        let f = pool_nic(&sys, None).unwrap_err();
+        assert_eq!(f.reason, NO_INTERFACE);
+        let default = |oif: u32, metric: u32| Ipv4Route {
+            destination: Ipv4Addr::UNSPECIFIED,
+            prefix_len: 0,
+            kind: RTN_UNICAST,
+            table: RT_TABLE_MAIN,
+            protocol: 16,
+            metric,
+            hops: vec![NextHop { oif, gateway: Some(Ipv4Addr::new(10, 0, 0, 1)) }],
+        };
+        sys.set_routes(vec![default(3, 200), default(2, 100)]);
+        assert_eq!(pool_nic(&sys, None).unwrap().name, "eth0");
+        assert_eq!(pool_nic(&sys, Some("000D3A0475FF")).unwrap().name, "eth0", "unknown MAC: the default route");
+        let (_d, sys) =
+            sandbox(vec![lo(), link(2, "eth0", MAC0, true), link(3, "eth1", "000D3A047599", false)], &[], &[]);
+        assert_eq!(pool_nic(&sys, None).unwrap().name, "eth0");
+    }
+
+    // --- real netlink in private namespaces: veth pairs, a DHCP server (dnsmasq) and dhclient ------------------
+
+    const CHILD_ENV: &str = "AZPROV_PPS_NETNS_CHILD";
+    /// The script every test dhclient runs (the image's dhclient-script could touch this machine's resolver).
+    const SCRIPT_ENV: &str = "AZPROV_PPS_DHCLIENT_SCRIPT";
+
+    /// Re-run test `name` inside `unshare --pid --net --mount --uts`: links, the server's namespace, `/run` (a
+    /// tmpfs) and every process started (all die with the pid namespace) stay there. `None` when skipped.
+    fn in_namespaces(name: &str, tools: &[&str], env: &[(&str, String)]) -> Option<String> {
+        let required = std::env::var("AZPROV_REQUIRE_SHARED").as_deref() == Ok("1");
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipping {name}: needs root for namespaces");
+            return None;
+        }
+        let host = RealSystem::new("/");
+        for prog in ["unshare", "ip", "mount"].iter().chain(tools) {
+            if !host.has_program(prog) {
+                assert!(!required || ["unshare", "ip", "mount"].contains(prog), "{name}: {prog} is not installed");
+                eprintln!("skipping {name}: {prog} is not installed");
+                return None;
+            }
+        }
+        let exe = std::env::current_exe().unwrap();
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--mount-proc", "--net", "--mount", "--uts", "--kill-child", "--"])
+            .arg(exe)
+            .args(["--exact", &format!("duties::pps_network::tests::{name}"), "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, namespaces());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() && text.contains("azprov-netns-unavailable") && !required {
+            eprintln!("skipping {name}: {text}");
+            return None;
+        }
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("azprov-pps-child-ok"), "the child did not run the checks:\n{text}");
+        println!("{text}");
+        Some(text)
+    }
+
+    fn namespaces() -> String {
+        ["net", "mnt", "uts", "pid"]
+            .iter()
+            .map(|n| {
+                std::fs::read_link(format!("/proc/self/ns/{n}")).map(|p| p.display().to_string()).unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// In the child: refuse unless in fresh namespaces; a private `/run`. False when that cannot be had.
+    fn child_setup() -> bool {
+        let parent = std::env::var(CHILD_ENV).unwrap();
+        let own = namespaces();
+        assert!(!parent.is_empty(), "no parent namespaces; refusing");
+        assert!(
+            own.split(' ').zip(parent.split(' ')).all(|(a, b)| a != b),
+            "not in fresh namespaces: {own} vs {parent}"
+        );
+        let private = std::process::Command::new("mount").args(["--make-rprivate", "/"]).status();
+        let run = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs", "/run"]).status();
+        if !matches!(private, Ok(s) if s.success()) || !matches!(run, Ok(s) if s.success()) {
+            println!("azprov-netns-unavailable: cannot mount a private /run");
+            return false;
+        }
+        sh(&["ip", "link", "set", "lo", "up"]);
+        sh(&["ip", "netns", "add", "azpsrv"]);
+        true
+    }
+
+    fn sh(args: &[&str]) {
+        let out = std::process::Command::new(args[0]).args(&args[1..]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn wait_up(sys: &RealSystem, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !sys.links().unwrap().iter().any(|l| l.name == name && l.is_up()) {
+            assert!(Instant::now() < deadline, "{name} never came up: {:?}", sys.links());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Run `steps` in a thread after `delay`, while the caller waits.
+    fn later(delay_ms: u64, steps: Vec<Vec<&'static str>>) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(delay_ms));
+            for s in steps {
+                sh(&s);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    }
+
+    /// Running and Savable signals over real netlink: a veth pair whose other end lives in another namespace
+    /// (the "host" side taking the link down and up), deleted and replaced by a new pair.
+    #[test]
+    fn root_netns_link_waits() {
+        if std::env::var_os(CHILD_ENV).is_some() {
+            if child_setup() {
+                link_waits_child();
+            }
+            return;
+        }
+        in_namespaces("root_netns_link_waits", &[], &[]);
+    }
+
+    fn link_waits_child() {
+        let sys = RealSystem::new("/");
+        sh(&["ip", "link", "add", "azp0", "address", "00:0d:3a:00:00:01", "type", "veth", "peer", "name", "azp9"]);
+        sh(&["ip", "link", "set", "azp9", "netns", "azpsrv"]);
+        sh(&["ip", "-n", "azpsrv", "link", "set", "azp9", "up"]);
+        sh(&["ip", "link", "set", "azp0", "up"]);
+        wait_up(&sys, "azp0");
+
+        // Running, the bounce queued before the wait (subscribed first, as before the intermediate Ready)
+        let mut w = Watcher::start(&sys).unwrap();
+        sh(&["ip", "-n", "azpsrv", "link", "set", "azp9", "down"]);
+        sh(&["ip", "-n", "azpsrv", "link", "set", "azp9", "up"]);
+        let b = w.wait_bounce("azp0", LONG).unwrap();
+        println!("bounce: {}", b.describe());
+        assert_eq!(b.link.name, "azp0");
+        assert!(b.how.starts_with("event"), "{}", b.how);
+        // nothing more: a bounded wait ends
+        let mut w = Watcher::start(&sys).unwrap().with_poll_interval(Duration::from_millis(50));
+        assert_eq!(w.wait_bounce("azp0", Some(Duration::from_millis(300))).unwrap_err().reason, BOUNCE_TIMEOUT);
+        // by MAC, while waiting
+        let t = later(
+            200,
+            vec![
+                vec!["ip", "-n", "azpsrv", "link", "set", "azp9", "down"],
+                vec!["ip", "-n", "azpsrv", "link", "set", "azp9", "up"],
+            ],
+        );
+        let b = w.wait_bounce("00:0d:3a:00:00:01", LONG).unwrap();
+        t.join().unwrap();
+        assert_eq!(b.link.name, "azp0");
+        // an administrative down/up of the NIC itself counts too
+        let mut w = Watcher::start(&sys).unwrap();
+        sh(&["ip", "link", "set", "azp0", "down"]);
+        sh(&["ip", "link", "set", "azp0", "up"]);
+        assert_eq!(w.wait_bounce("azp0", LONG).unwrap().link.name, "azp0");
+
+        // Savable: the pool NIC goes away, another one is hot-attached (down: the watcher brings it up)
+        let mut w = Watcher::start(&sys).unwrap();
+        let t = later(
+            200,
+            vec![
+                vec!["ip", "link", "del", "azp0"],
+                vec![
+                    "ip",
+                    "link",
+                    "add",
+                    "azp1",
+                    "address",
+                    "00:0d:3a:00:00:02",
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "azp8",
+                    "netns",
+                    "azpsrv",
+                ],
+                vec!["ip", "-n", "azpsrv", "link", "set", "azp8", "up"],
+            ],
+        );
+        let d = w.wait_detach("00:0d:3a:00:00:01", LONG).unwrap();
+        assert_eq!(d.name, "azp0");
+        let a = w.wait_attach(LONG, LINK_UP_TRIES, LINK_UP_INTERVAL).unwrap();
+        t.join().unwrap();
+        println!("attached: {a:?}");
+        assert_eq!((a.link.name.as_str(), a.link.mac.as_str(), a.up), ("azp1", "000D3A000002", true));
+        let shown = std::process::Command::new("ip").args(["-o", "link", "show", "azp1"]).output().unwrap();
+        let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+        assert!(shown.contains("state UP") && shown.contains("LOWER_UP"), "{shown}");
+        // nothing else attached
+        assert_eq!(
+            w.wait_attach(Some(Duration::from_millis(300)), 10, LINK_UP_INTERVAL).unwrap_err().reason,
+            ATTACH_TIMEOUT
+        );
+        // the pool NIC's name is unknown now
+        assert_eq!(Watcher::start(&sys).unwrap().wait_detach("azp0", None).unwrap_err().reason, NO_INTERFACE);
+        println!("azprov-pps-child-ok");
+    }
+
+    /// Running with a real DHCP exchange: after the bounce, the interface's dhclient is replaced and gets a new
+    /// lease; Savable: the NIC is replaced by a new one, which gets a lease from a new dhclient configured like
+    /// the running ones.
+    #[test]
+    fn root_netns_dhcp_after_bounce_and_reattach() {
+        if std::env::var_os(CHILD_ENV).is_some() {
+            if child_setup() {
+                dhcp_child();
+            }
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        // dhclient-script stand-in: sets and drops the address, nothing else
+        let script = t.path().join("dhclient-script");
+        std::fs::write(
+            &script,
+            "#!/bin/sh\ncase \"$reason\" in\n  BOUND|RENEW|REBIND|REBOOT) ip -4 addr flush dev \"$interface\"; \
+             ip addr add \"$new_ip_address/24\" dev \"$interface\" ;;\n  EXPIRE|FAIL|RELEASE|STOP) ip -4 addr flush dev \
+             \"$interface\" ;;\nesac\nexit 0\n",
+        )
+        .unwrap();
+        // a `dhclient` first on PATH that refuses to run without that script
+        let real =
+            ["/usr/sbin/dhclient", "/sbin/dhclient", "/usr/bin/dhclient"].into_iter().find(|p| Path::new(p).exists());
+        let Some(real) = real else {
+            assert!(std::env::var("AZPROV_REQUIRE_SHARED").as_deref() != Ok("1"), "dhclient is not installed");
+            eprintln!("skipping root_netns_dhcp_after_bounce_and_reattach: dhclient is not installed");
+            return;
+        };
+        let bin = t.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let wrapper = bin.join("dhclient");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\ncase \" $* \" in *\" -sf {s} \"*) exec {real} \"$@\" ;; esac\n\
+                 echo \"refusing dhclient without the test script: $*\" >&2\nexit 99\n",
+                s = script.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        for f in [&script, &wrapper] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+        let env =
+            [("PATH", path), (SCRIPT_ENV, script.display().to_string()), ("TMPDIR", t.path().display().to_string())];
+        in_namespaces("root_netns_dhcp_after_bounce_and_reattach", &["dnsmasq", "dhclient"], &env);
+    }
+
+    /// Kills the DHCP server whatever happens.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn dhcp_child() {
+        let script = std::env::var(SCRIPT_ENV).unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let tp = |n: &str| t.path().join(n).display().to_string();
+        // the server: a bridge in its own namespace, each client link's peer a port of it
+        for c in [
+            vec!["ip", "-n", "azpsrv", "link", "add", "br0", "type", "bridge", "forward_delay", "0"],
+            vec!["ip", "-n", "azpsrv", "addr", "add", "10.99.0.1/24", "dev", "br0"],
+            vec!["ip", "-n", "azpsrv", "link", "set", "br0", "up"],
+            vec!["ip", "link", "add", "azp1", "type", "veth", "peer", "name", "azp0"],
+            vec!["ip", "link", "set", "azp0", "netns", "azpsrv"],
+            vec!["ip", "-n", "azpsrv", "link", "set", "azp0", "master", "br0", "up"],
+            vec!["ip", "link", "set", "azp1", "up"],
+            // a second client link without a server: its dhclient keeps running, as on a multi-NIC VM
+            vec!["ip", "link", "add", "azp7", "type", "veth", "peer", "name", "azp6", "netns", "azpsrv"],
+            vec!["ip", "-n", "azpsrv", "link", "set", "azp6", "up"],
+            vec!["ip", "link", "set", "azp7", "up"],
+        ] {
+            sh(&c);
+        }
+        let log = t.path().join("dnsmasq.log");
+        let _server = Server(
+            std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    "azpsrv",
+                    "dnsmasq",
+                    "--keep-in-foreground",
+                    "--conf-file=/dev/null",
+                    "--port=0",
+                ])
+                .args(["--interface=br0", "--bind-interfaces", "--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,1h"])
+                .args(["--log-dhcp", "--user=root"])
+                .arg(format!("--log-facility={}", log.display()))
+                .arg(format!("--dhcp-leasefile={}", tp("dnsmasq.leases")))
+                .arg(format!("--pid-file={}", tp("dnsmasq.pid")))
+                .spawn()
+                .unwrap(),
+        );
+        let conf = tp("dhclient.conf");
+        std::fs::write(&conf, "timeout 15;\ninitial-interval 1;\n").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let dhclient = |mode: &str, ifname: &str| {
+            let (pf, lf) = (format!("/run/dhclient.{ifname}.pid"), tp(&format!("dhclient.{ifname}.leases")));
+            sh(&["dhclient", mode, "-4", "-sf", &script, "-cf", &conf, "-pf", &pf, "-lf", &lf, ifname]);
+        };
+        dhclient("-nw", "azp7");
+        let started = Instant::now();
+        dhclient("-1", "azp1");
+        println!("first lease in {:?}", started.elapsed());
+        let sys = RealSystem::new("/");
+        let index = |n: &str| sys.links().unwrap().iter().find(|l| l.name == n).map(|l| l.index).unwrap();
+        let first = addresses_of(&sys, index("azp1"));
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert_eq!(first[0].address.octets()[..3], [10, 99, 0]);
+        let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+        let acks = |text: &str| text.lines().filter(|l| l.contains("DHCPACK(br0)")).count();
+        assert_eq!(acks(&log_text()), 1, "{}", log_text());
+
+        // Running: the host takes the link down and up (here: the bridge port), the lease is dropped and renewed
+        let mut w = Watcher::start(&sys).unwrap();
+        sh(&["ip", "-n", "azpsrv", "link", "set", "azp0", "down"]);
+        sh(&["ip", "-n", "azpsrv", "link", "set", "azp0", "up"]);
+        let b = w.wait_bounce("azp1", LONG).unwrap();
+        println!("bounce: {}", b.describe());
+        let started = Instant::now();
+        let outcome = renew_dhcp_within(&sys, "azp1", Duration::from_secs(30));
+        println!("renew: {outcome:?} in {:?}", started.elapsed());
+        match &outcome {
+            Outcome::Done(d) => {
+                assert!(d.contains("through dhclient (dhclient -r then -1 (pid ") && d.contains("10.99.0."), "{d}")
+            }
+            other => panic!("{other:?}\n{}", log_text()),
+        }
+        // the lease was dropped, not renewed: a new DISCOVER after the first ACK (the DHCPRELEASE itself may be lost
+        // while the server's port is still coming up, as on the platform while the NIC moves)
+        let text = log_text();
+        let exchange: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("DHCP") && w.ends_with("(br0)")))
+            .collect();
+        let first_ack = exchange.iter().position(|m| *m == "DHCPACK(br0)").unwrap();
+        assert!(exchange[first_ack..].contains(&"DHCPDISCOVER(br0)"), "{exchange:?}");
+        println!("release seen by the server: {}", exchange.contains(&"DHCPRELEASE(br0)"));
+        assert_eq!(acks(&text), 2, "{text}");
+        let serving =
+            |n: &str| running_dhclients(&sys).iter().filter(|p| p.interfaces().iter().any(|i| i == n)).count();
+        assert_eq!(serving("azp1"), 1, "one client for the interface afterwards");
+        assert_eq!(serving("azp7"), 1);
+
+        // Savable: the NIC is detached, a new one hot-attached (down, the watcher brings it up) on the same server
+        let mut w = Watcher::start(&sys).unwrap();
+        let t2 = later(
+            200,
+            vec![
+                vec!["ip", "link", "del", "azp1"],
+                vec!["ip", "link", "add", "azp2", "type", "veth", "peer", "name", "azp3", "netns", "azpsrv"],
+                vec!["ip", "-n", "azpsrv", "link", "set", "azp3", "master", "br0", "up"],
+            ],
+        );
+        let opts = ReattachOptions {
+            timeout: Some(Duration::from_secs(60)),
+            dhcp_timeout: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let r = w.wait_reattach("azp1", &opts, &mut |_| true);
+        t2.join().unwrap();
+        println!("reattach: {r:?} in {:?}", started.elapsed());
+        let r = r.unwrap_or_else(|f| panic!("{f}\n{}", log_text()));
+        let p = r.primary().unwrap();
+        assert_eq!(p.link.name, "azp2");
+        assert_eq!(p.addresses[0].address.octets()[..3], [10, 99, 0]);
+        assert!(r.describe().starts_with("azp1 detached; hot-attached: azp2 (10.99.0."), "{}", r.describe());
+        assert_eq!(serving("azp2"), 1, "a client for the new NIC, with the running ones' script");
+        let p = running_dhclients(&sys).into_iter().find(|p| p.interfaces().iter().any(|i| i == "azp2")).unwrap();
+        assert_eq!(p.option("-sf"), Some(script.as_str()));
+        assert_eq!(p.pid_file, "/run/dhclient.azp2.pid");
+        assert_eq!(acks(&log_text()), 3);
+        println!("azprov-pps-child-ok");
     }
 }
