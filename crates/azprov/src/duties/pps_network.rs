@@ -263,12 +263,13 @@ impl<'a> Watcher<'a> {
         let mut down: Option<String> = None;
         let mut events = 0u32;
         let mut step = |input: Input| -> Result<Option<Link>, Failure> {
+            // once removed, the NIC may come back under a new index: the same MAC, not enslaved
+            let same = |l: &Link, target: &Link, gone: bool| {
+                l.index == target.index || (gone && !target.mac.is_empty() && l.mac == target.mac && l.master.is_none())
+            };
             let (now, from_state) = match input {
                 Input::Event(LinkEvent::New(l)) => {
-                    // the NIC came back under a new index: the same MAC, not enslaved
-                    let same = l.index == target.index
-                        || (gone && !target.mac.is_empty() && l.mac == target.mac && l.master.is_none());
-                    if !same {
+                    if !same(&l, &target, gone) {
                         return Ok(None);
                     }
                     events += 1;
@@ -281,14 +282,17 @@ impl<'a> Watcher<'a> {
                     return Ok(None);
                 }
                 Input::Event(_) => return Ok(None),
-                Input::State(links) => match links.iter().find(|l| l.index == target.index) {
-                    Some(l) => (l.clone(), true),
-                    None => {
+                Input::State(links) => {
+                    let again = links.iter().find(|l| l.index == target.index);
+                    if again.is_none() {
                         gone = true;
                         down.get_or_insert_with(|| "absent when the links were read again".into());
-                        return Ok(None);
                     }
-                },
+                    match again.or_else(|| links.iter().find(|l| same(l, &target, gone))) {
+                        Some(l) => (l.clone(), true),
+                        None => return Ok(None),
+                    }
+                }
             };
             let replaced = now.index != target.index;
             if replaced {
@@ -967,6 +971,10 @@ mod tests {
         ]);
         let b = w.wait_bounce("eth0", LONG).unwrap();
         assert_eq!((b.link.index, b.how.as_str()), (7, "removed"));
+        // the same, every notification lost
+        sys.script_link_events(vec![LinkStep::Silently(vec![lo(), link(8, "eth0", MAC0, true)]), LinkStep::Quiet]);
+        let b = w.wait_bounce("eth0", LONG).unwrap();
+        assert_eq!((b.link.index, b.how.as_str()), (8, "absent when the links were read again"));
     }
 
     #[test]
