@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::dhcp_client::{detect, run_ok, DhclientProc, Stack, WICKED_DHCP};
 use super::{excerpt, hostname, Outcome};
 use crate::report::Failure;
 use crate::system::{Command, System};
@@ -17,134 +18,9 @@ use crate::system::{Command, System};
 /// The public reason of every publishing failure.
 pub const FAILURE: &str = "failure to publish hostname";
 
-const NETWORKD_STATE: &str = "/run/systemd/netif/state";
 const NETWORKD_LEASES: &str = "/run/systemd/netif/leases";
-const NM_RUN: &str = "/run/NetworkManager";
 const DHCLIENT_CONF: &str = "/etc/dhcp/dhclient.conf";
 const SEND_HOST_NAME: &str = "send host-name = gethostname();";
-const WICKED_DHCP: &str = "/etc/sysconfig/network/dhcp";
-
-/// The DHCP client stack found running.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stack {
-    Networkd,
-    NetworkManager,
-    /// Running `dhclient` processes (ifupdown, RHEL ifcfg).
-    Dhclient(Vec<DhclientProc>),
-    Wicked,
-}
-
-/// One running `dhclient`, from its pid file and `/proc/<pid>/cmdline`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DhclientProc {
-    pub pid: u32,
-    pub pid_file: String,
-    /// Its arguments (without `argv[0]`).
-    pub args: Vec<String>,
-}
-
-/// dhclient options that take a value (dhclient(8), ISC 4.4).
-const DHCLIENT_VALUE_OPTS: &[&str] = &[
-    "-4o6",
-    "-D",
-    "-p",
-    "-lf",
-    "-pf",
-    "-cf",
-    "-sf",
-    "-df",
-    "-s",
-    "-g",
-    "-e",
-    "-H",
-    "-F",
-    "-V",
-    "-C",
-    "--request-options",
-    "--timeout",
-    "--decline-wait-time",
-    "--address-prefix-len",
-    "--dad-wait-time",
-    "--prefix-len-hint",
-];
-
-impl DhclientProc {
-    /// The value of option `opt` (`-cf FILE`).
-    pub fn option(&self, opt: &str) -> Option<&str> {
-        self.args.iter().position(|a| a == opt).and_then(|i| self.args.get(i + 1)).map(String::as_str)
-    }
-    /// The interface names (the non-option arguments).
-    pub fn interfaces(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut i = 0;
-        while i < self.args.len() {
-            let a = &self.args[i];
-            if DHCLIENT_VALUE_OPTS.contains(&a.as_str()) {
-                i += 2;
-                continue;
-            }
-            if !a.starts_with('-') {
-                out.push(a.clone());
-            }
-            i += 1;
-        }
-        out
-    }
-    /// Its arguments with the new name in place of an explicit `-H <name>` (RHEL ifcfg's `DHCP_HOSTNAME`).
-    pub fn restart_args(&self, name: &str) -> Vec<String> {
-        let mut args = self.args.clone();
-        if let Some(i) = args.iter().position(|a| a == "-H") {
-            if let Some(v) = args.get_mut(i + 1) {
-                *v = name.to_string();
-            }
-        }
-        args
-    }
-}
-
-/// What is running, in order of preference (NetworkManager may run dhclient itself: it wins over a bare dhclient).
-pub fn detect(sys: &dyn System) -> Option<Stack> {
-    if sys.exists(Path::new(NETWORKD_STATE)) && sys.has_program("networkctl") {
-        return Some(Stack::Networkd);
-    }
-    if sys.exists(Path::new(NM_RUN)) && sys.has_program("nmcli") {
-        return Some(Stack::NetworkManager);
-    }
-    let procs = running_dhclients(sys);
-    if !procs.is_empty() && sys.has_program("dhclient") {
-        return Some(Stack::Dhclient(procs));
-    }
-    if sys.exists(Path::new("/run/wicked")) && sys.exists(Path::new(WICKED_DHCP)) && sys.has_program("ifup") {
-        return Some(Stack::Wicked);
-    }
-    None
-}
-
-/// `dhclient` processes named by `/run/dhclient*.pid` or `/var/run/dhclient*.pid` that are alive.
-pub fn running_dhclients(sys: &dyn System) -> Vec<DhclientProc> {
-    let mut out: Vec<DhclientProc> = Vec::new();
-    for dir in ["/run", "/var/run"] {
-        let Ok(names) = sys.read_dir(Path::new(dir)) else { continue };
-        for n in names.iter().filter(|n| n.starts_with("dhclient") && n.ends_with(".pid")) {
-            let pid_file = format!("{dir}/{n}");
-            let Some(pid) = sys.read_to_string(Path::new(&pid_file)).ok().and_then(|s| s.trim().parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if out.iter().any(|p| p.pid == pid) {
-                continue;
-            }
-            let Ok(cmdline) = sys.read(Path::new(&format!("/proc/{pid}/cmdline"))) else { continue };
-            let mut argv =
-                cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned());
-            let is_dhclient = argv.next().is_some_and(|a0| a0.rsplit('/').next() == Some("dhclient"));
-            if is_dhclient {
-                out.push(DhclientProc { pid, pid_file, args: argv.collect() });
-            }
-        }
-    }
-    out
-}
 
 /// `dhclient.conf` text that sends the current host name: an explicit `send host-name …;` becomes
 /// `send host-name = gethostname();`, and the line is added when there is none. Idempotent.
@@ -204,15 +80,6 @@ fn failed(method: &str, what: impl std::fmt::Display) -> Outcome {
     Outcome::Failed(Failure::new(FAILURE).with("method", method).with("exception", what))
 }
 
-/// Run `cmd`; `Err(description)` unless it exits 0.
-fn run_ok(sys: &dyn System, cmd: &Command) -> Result<(), String> {
-    match sys.run(cmd) {
-        Ok(o) if o.success() => Ok(()),
-        Ok(o) => Err(format!("{} exited {:?}: {}", cmd.display(), o.status, excerpt(&o.stderr))),
-        Err(e) => Err(format!("{}: {e}", cmd.display())),
-    }
-}
-
 /// Make the platform DNS learn `name` through the running DHCP client, without restarting the network stack.
 /// Live only. Call it after `hostname::apply` set the kernel host name (the DHCP clients send `gethostname()`).
 pub fn publish(sys: &dyn System, name: &str) -> Outcome {
@@ -231,6 +98,9 @@ pub fn publish(sys: &dyn System, name: &str) -> Outcome {
         Some(Stack::NetworkManager) => network_manager(sys, &name),
         Some(Stack::Dhclient(procs)) => dhclient(sys, &name, &procs),
         Some(Stack::Wicked) => wicked(sys, &name),
+        Some(Stack::Dhcpcd(_)) => {
+            Outcome::Skipped("dhcpcd runs: azprov does not publish the host name through dhcpcd".into())
+        }
     }
 }
 
@@ -489,6 +359,7 @@ fn wicked(sys: &dyn System, name: &str) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::duties::dhcp_client::{running_dhclients, NETWORKD_STATE};
     use crate::system::record::RecordingSystem;
     use crate::system::CommandOutput;
 
@@ -534,6 +405,18 @@ mod tests {
             Outcome::Failed(f) => assert_eq!(f.reason, FAILURE),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn dhcpcd_is_not_published_through() {
+        let (_d, sys) = sandbox(&[("/run/dhcpcd/pid", "10\n"), ("/proc/10/cmdline", "dhcpcd: [manager] [ip4]\0")]);
+        sys.script("dhcpcd", ok(""));
+        sys.uninstall("dhclient");
+        match publish(&sys, "vm1") {
+            Outcome::Skipped(r) => assert!(r.contains("dhcpcd"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(sys.commands().is_empty());
     }
 
     const NETWORKCTL_LIST: &str = "  1 lo   loopback carrier    unmanaged\n  2 eth0 ether    routable   configured\n  \

@@ -3,6 +3,7 @@
 
 pub mod coexistence;
 pub mod custom_data;
+pub mod dhcp_client;
 pub mod entropy;
 pub mod grub;
 pub mod host_keys;
@@ -13,6 +14,7 @@ pub mod nic_names;
 pub mod nics;
 pub mod numa;
 pub mod password;
+pub mod pps_network;
 pub mod resource_disk;
 pub mod routes;
 pub mod scsi_timeouts;

@@ -132,6 +132,79 @@ pub struct NewIpv4Route {
     pub oif: u32,
 }
 
+/// `IFF_UP`: administratively up.
+pub const IFF_UP: u32 = 0x1;
+/// `IFF_LOOPBACK`.
+pub const IFF_LOOPBACK: u32 = 0x8;
+/// `IFF_RUNNING`: operationally up (RFC 2863 state up or unknown), set by the kernel.
+pub const IFF_RUNNING: u32 = 0x40;
+/// `IFF_LOWER_UP`: the driver signals carrier.
+pub const IFF_LOWER_UP: u32 = 0x1_0000;
+/// `ARPHRD_ETHER`: an Ethernet link.
+pub const ARPHRD_ETHER: u16 = 1;
+/// `IF_OPER_UP` (RFC 2863 operational state in `IFLA_OPERSTATE`).
+pub const IF_OPER_UP: u8 = 6;
+/// `IF_OPER_DOWN`.
+pub const IF_OPER_DOWN: u8 = 2;
+/// `IF_OPER_LOWERLAYERDOWN`: up but without carrier.
+pub const IF_OPER_LOWERLAYERDOWN: u8 = 3;
+
+/// A network link as the kernel reports it in `RTM_NEWLINK`/`RTM_DELLINK` (and `RTM_GETLINK` dumps).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// 12 upper-case hex digits, no separators (IMDS's form); empty when the link has no 6-byte address.
+    pub mac: String,
+    /// `ARPHRD_*`: [`ARPHRD_ETHER`], loopback (772)…
+    pub link_type: u16,
+    /// `IFF_*` flags, including the kernel's [`IFF_RUNNING`] and [`IFF_LOWER_UP`].
+    pub flags: u32,
+    /// `IF_OPER_*` (`IFLA_OPERSTATE`); 0 (unknown) when absent.
+    pub oper_state: u8,
+    /// `IFLA_CARRIER_DOWN_COUNT` (kernel 4.16+): how many times the carrier went away since the link was created.
+    pub carrier_down_count: Option<u32>,
+    /// `IFLA_MASTER`: the bond/bridge/VRF this link is enslaved to.
+    pub master: Option<u32>,
+}
+
+impl Link {
+    /// Administratively up, operationally up and with carrier.
+    pub fn is_up(&self) -> bool {
+        let want = IFF_UP | IFF_RUNNING | IFF_LOWER_UP;
+        self.flags & want == want && !matches!(self.oper_state, IF_OPER_DOWN | IF_OPER_LOWERLAYERDOWN)
+    }
+    pub fn is_loopback(&self) -> bool {
+        self.flags & IFF_LOOPBACK != 0
+    }
+}
+
+/// One link notification from the kernel (`RTMGRP_LINK`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// `RTM_NEWLINK`: a link appeared or changed (flags, operational state, name…).
+    New(Link),
+    /// `RTM_DELLINK`: a link went away (detached, deleted or moved to another namespace).
+    Del(Link),
+    /// The socket's queue overflowed (`ENOBUFS`): events were lost, the current state must be read again.
+    Overrun,
+}
+
+/// A subscription to link events, opened by [`System::link_watch`]: events that happen after it was opened
+/// queue up until read, so open it before whatever may trigger them.
+pub trait LinkWatch: Send {
+    /// The next event, waiting at most `timeout`; `Ok(None)` when nothing arrived in time.
+    fn next_event(&mut self, timeout: Duration) -> io::Result<Option<LinkEvent>>;
+}
+
+/// An IPv4 address assigned to a link (`RTM_GETADDR` dump).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Address {
+    pub index: u32,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
 /// A block device as the host kernel sees it (sysfs under the HOST `/sys`, never under the root).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockInfo {
@@ -215,6 +288,15 @@ pub trait System: Send + Sync {
     /// Add a route over netlink (`RTM_NEWROUTE`, create-exclusive). Live only (`Unsupported` under a root);
     /// `ErrorKind::AlreadyExists` when the kernel already has that route.
     fn add_ipv4_route(&self, route: &NewIpv4Route) -> io::Result<()>;
+
+    /// Every network link (netlink `RTM_GETLINK` dump). Live only (`Unsupported` under a root).
+    fn links(&self) -> io::Result<Vec<Link>>;
+    /// Subscribe to link events (`RTMGRP_LINK` on `NETLINK_ROUTE`). Live only (`Unsupported` under a root).
+    fn link_watch(&self) -> io::Result<Box<dyn LinkWatch + '_>>;
+    /// Set a link administratively up (`RTM_SETLINK` with `IFF_UP`). Live only (`Unsupported` under a root).
+    fn set_link_up(&self, index: u32) -> io::Result<()>;
+    /// Every IPv4 address of every link (netlink `RTM_GETADDR` dump). Live only (`Unsupported` under a root).
+    fn ipv4_addresses(&self) -> io::Result<Vec<Ipv4Address>>;
 
     /// Run a host program. A program that is not installed gives `ErrorKind::NotFound`.
     fn run(&self, cmd: &Command) -> io::Result<CommandOutput>;

@@ -10,7 +10,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use super::{
-    BlockInfo, CdromStatus, Command, CommandOutput, FileInfo, Ipv4Route, Lock, NewIpv4Route, PartitionNode, System,
+    BlockInfo, CdromStatus, Command, CommandOutput, FileInfo, Ipv4Address, Ipv4Route, Link, LinkWatch, Lock,
+    NewIpv4Route, PartitionNode, System,
 };
 use crate::platform::media::ReadAt;
 
@@ -605,6 +606,34 @@ impl System for RealSystem {
             return Err(io::Error::new(io::ErrorKind::Unsupported, "routes are kernel state of the running system"));
         }
         super::netlink::add_ipv4_route(route)
+    }
+
+    fn links(&self) -> io::Result<Vec<Link>> {
+        if !self.is_live() {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "links are kernel state of the running system"));
+        }
+        super::netlink::links()
+    }
+
+    fn link_watch(&self) -> io::Result<Box<dyn LinkWatch + '_>> {
+        if !self.is_live() {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "links are kernel state of the running system"));
+        }
+        Ok(Box::new(super::netlink::link_watch()?))
+    }
+
+    fn set_link_up(&self, index: u32) -> io::Result<()> {
+        if !self.is_live() {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "links are kernel state of the running system"));
+        }
+        super::netlink::set_link_up(index)
+    }
+
+    fn ipv4_addresses(&self) -> io::Result<Vec<Ipv4Address>> {
+        if !self.is_live() {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "addresses are kernel state of the running system"));
+        }
+        super::netlink::ipv4_addresses()
     }
 
     fn run(&self, cmd: &Command) -> io::Result<CommandOutput> {

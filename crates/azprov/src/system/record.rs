@@ -1,19 +1,66 @@
 //! A recording test double: a real sandbox root underneath, with every command recorded and, for programs given
 //! a scripted answer, not run at all.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use super::{
-    BlockInfo, CdromStatus, Command, CommandOutput, FileInfo, Ipv4Route, Lock, NewIpv4Route, NextHop, RealSystem,
-    System, RTN_UNICAST, RTPROT_BOOT, RT_TABLE_MAIN,
+    BlockInfo, CdromStatus, Command, CommandOutput, FileInfo, Ipv4Address, Ipv4Route, Link, LinkEvent, LinkWatch, Lock,
+    NewIpv4Route, NextHop, RealSystem, System, IFF_LOWER_UP, IFF_RUNNING, IFF_UP, IF_OPER_UP, RTN_UNICAST, RTPROT_BOOT,
+    RT_TABLE_MAIN,
 };
 use crate::platform::media::ReadAt;
 
 /// `(data, credited bits)` given to `add_entropy`.
 pub type EntropyCall = (Vec<u8>, u32);
+
+/// One step of a scripted link-event stream (`script_link_events`), read by the watches `link_watch` opens.
+#[derive(Debug, Clone)]
+pub enum LinkStep {
+    /// Deliver this event. `New` and `Del` also update the scripted link table, as the kernel's state changes.
+    Event(LinkEvent),
+    /// Replace the link table without any event (as if the notifications were lost); takes no poll.
+    Silently(Vec<Link>),
+    /// One poll that times out, at once (a quiet poll interval without the wait).
+    Quiet,
+}
+
+/// A watch over the scripted link events. When the script is exhausted, polls time out after a short real sleep.
+struct ScriptedWatch<'a> {
+    sys: &'a RecordingSystem,
+}
+
+impl LinkWatch for ScriptedWatch<'_> {
+    fn next_event(&mut self, timeout: Duration) -> io::Result<Option<LinkEvent>> {
+        loop {
+            let step = self.sys.link_script.lock().map_err(|_| io::Error::other("poisoned"))?.pop_front();
+            match step {
+                None => {
+                    std::thread::sleep(timeout.min(Duration::from_millis(20)));
+                    return Ok(None);
+                }
+                Some(LinkStep::Quiet) => return Ok(None),
+                Some(LinkStep::Silently(table)) => self.sys.set_links(table),
+                Some(LinkStep::Event(e)) => {
+                    let mut guard = self.sys.links.lock().map_err(|_| io::Error::other("poisoned"))?;
+                    let table = guard.get_or_insert_with(Vec::new);
+                    match &e {
+                        LinkEvent::New(l) => match table.iter_mut().find(|x| x.index == l.index) {
+                            Some(x) => *x = l.clone(),
+                            None => table.push(l.clone()),
+                        },
+                        LinkEvent::Del(l) => table.retain(|x| x.index != l.index),
+                        LinkEvent::Overrun => {}
+                    }
+                    return Ok(Some(e));
+                }
+            }
+        }
+    }
+}
 
 pub struct RecordingSystem {
     /// Behave as the running system (`is_live`) while still keeping every path in the sandbox.
@@ -29,6 +76,12 @@ pub struct RecordingSystem {
     entropy: Mutex<Option<Vec<EntropyCall>>>,
     /// Scripted Identify Namespace answers by target path (`Err` kind stored as the error to give).
     nvme: Mutex<HashMap<PathBuf, Result<Vec<u8>, io::ErrorKind>>>,
+    /// A scripted link table (`None`: ask the inner system, which refuses under a root).
+    links: Mutex<Option<Vec<Link>>>,
+    link_script: Mutex<VecDeque<LinkStep>>,
+    links_set_up: Mutex<Vec<u32>>,
+    /// Scripted IPv4 addresses (`None`: ask the inner system).
+    addresses: Mutex<Option<Vec<Ipv4Address>>>,
 }
 
 impl RecordingSystem {
@@ -43,6 +96,10 @@ impl RecordingSystem {
             added_routes: Mutex::new(Vec::new()),
             entropy: Mutex::new(None),
             nvme: Mutex::new(HashMap::new()),
+            links: Mutex::new(None),
+            link_script: Mutex::new(VecDeque::new()),
+            links_set_up: Mutex::new(Vec::new()),
+            addresses: Mutex::new(None),
         }
     }
     /// Act like a live kernel for `add_entropy`: accept and record the data (otherwise `Ok(false)`, as under a root).
@@ -88,6 +145,36 @@ impl RecordingSystem {
     pub fn script_nvme_identify(&self, dev: &str, answer: Result<Vec<u8>, io::ErrorKind>) {
         if let Ok(mut m) = self.nvme.lock() {
             m.insert(PathBuf::from(dev), answer);
+        }
+    }
+    /// Stand in for the kernel's links: `links` answers this table, `link_watch` reads the scripted events
+    /// (`script_link_events`) and `set_link_up` changes the table, instead of touching any kernel.
+    pub fn set_links(&self, links: Vec<Link>) {
+        if let Ok(mut l) = self.links.lock() {
+            *l = Some(links);
+        }
+    }
+    /// The current scripted link table.
+    pub fn scripted_links(&self) -> Vec<Link> {
+        self.links.lock().ok().and_then(|l| l.clone()).unwrap_or_default()
+    }
+    /// Append steps to the link-event script (implies a scripted link table, empty unless set).
+    pub fn script_link_events(&self, steps: Vec<LinkStep>) {
+        if let Ok(mut l) = self.links.lock() {
+            l.get_or_insert_with(Vec::new);
+        }
+        if let Ok(mut s) = self.link_script.lock() {
+            s.extend(steps);
+        }
+    }
+    /// Indices given to `set_link_up` so far (scripted table only).
+    pub fn links_set_up(&self) -> Vec<u32> {
+        self.links_set_up.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+    /// Stand in for the kernel's IPv4 addresses.
+    pub fn set_ipv4_addresses(&self, addresses: Vec<Ipv4Address>) {
+        if let Ok(mut a) = self.addresses.lock() {
+            *a = Some(addresses);
         }
     }
     /// Commands run so far.
@@ -174,6 +261,40 @@ impl System for RecordingSystem {
             a.push(*route);
         }
         Ok(())
+    }
+    fn links(&self) -> io::Result<Vec<Link>> {
+        let scripted = self.links.lock().map_err(|_| io::Error::other("poisoned"))?.clone();
+        match scripted {
+            Some(table) => Ok(table),
+            None => self.inner.links(),
+        }
+    }
+    fn link_watch(&self) -> io::Result<Box<dyn LinkWatch + '_>> {
+        if self.links.lock().map_err(|_| io::Error::other("poisoned"))?.is_none() {
+            return self.inner.link_watch();
+        }
+        Ok(Box::new(ScriptedWatch { sys: self }))
+    }
+    /// Scripted: the link becomes up with carrier (as a NIC whose cable is plugged in).
+    fn set_link_up(&self, index: u32) -> io::Result<()> {
+        let mut guard = self.links.lock().map_err(|_| io::Error::other("poisoned"))?;
+        let Some(table) = guard.as_mut() else { return self.inner.set_link_up(index) };
+        let Some(link) = table.iter_mut().find(|l| l.index == index) else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no such link"));
+        };
+        link.flags |= IFF_UP | IFF_RUNNING | IFF_LOWER_UP;
+        link.oper_state = IF_OPER_UP;
+        if let Ok(mut s) = self.links_set_up.lock() {
+            s.push(index);
+        }
+        Ok(())
+    }
+    fn ipv4_addresses(&self) -> io::Result<Vec<Ipv4Address>> {
+        let scripted = self.addresses.lock().map_err(|_| io::Error::other("poisoned"))?.clone();
+        match scripted {
+            Some(a) => Ok(a),
+            None => self.inner.ipv4_addresses(),
+        }
     }
     fn run(&self, cmd: &Command) -> io::Result<CommandOutput> {
         if let Ok(mut c) = self.commands.lock() {

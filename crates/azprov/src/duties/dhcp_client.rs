@@ -1,0 +1,237 @@
+//! The DHCP client stack of the running system, shared by the duties that make it send a new DHCP request:
+//! host-name publishing (`hostname_publish`) and the network waits of pre-provisioned VMs (`pps_network`).
+
+use std::path::Path;
+
+use super::excerpt;
+use crate::system::{Command, System};
+
+/// systemd-networkd runs (its state file).
+pub const NETWORKD_STATE: &str = "/run/systemd/netif/state";
+/// NetworkManager runs.
+pub const NM_RUN: &str = "/run/NetworkManager";
+/// wicked's DHCP settings (SUSE).
+pub const WICKED_DHCP: &str = "/etc/sysconfig/network/dhcp";
+
+/// The DHCP client stack found running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stack {
+    Networkd,
+    NetworkManager,
+    /// Running `dhclient` processes (ifupdown, RHEL ifcfg).
+    Dhclient(Vec<DhclientProc>),
+    Wicked,
+    /// Running `dhcpcd` processes (manager or per interface).
+    Dhcpcd(Vec<DhclientProc>),
+}
+
+/// One running DHCP client process (`dhclient`, `dhcpcd`), from its pid file and `/proc/<pid>/cmdline`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhclientProc {
+    pub pid: u32,
+    pub pid_file: String,
+    /// Its arguments (without `argv[0]`).
+    pub args: Vec<String>,
+}
+
+/// dhclient options that take a value (dhclient(8), ISC 4.4).
+const DHCLIENT_VALUE_OPTS: &[&str] = &[
+    "-4o6",
+    "-D",
+    "-p",
+    "-lf",
+    "-pf",
+    "-cf",
+    "-sf",
+    "-df",
+    "-s",
+    "-g",
+    "-e",
+    "-H",
+    "-F",
+    "-V",
+    "-C",
+    "--request-options",
+    "--timeout",
+    "--decline-wait-time",
+    "--address-prefix-len",
+    "--dad-wait-time",
+    "--prefix-len-hint",
+];
+
+impl DhclientProc {
+    /// The value of option `opt` (`-cf FILE`).
+    pub fn option(&self, opt: &str) -> Option<&str> {
+        self.args.iter().position(|a| a == opt).and_then(|i| self.args.get(i + 1)).map(String::as_str)
+    }
+    /// The interface names (the non-option arguments).
+    pub fn interfaces(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.args.len() {
+            let a = &self.args[i];
+            if DHCLIENT_VALUE_OPTS.contains(&a.as_str()) {
+                i += 2;
+                continue;
+            }
+            if !a.starts_with('-') {
+                out.push(a.clone());
+            }
+            i += 1;
+        }
+        out
+    }
+    /// Its arguments with the new name in place of an explicit `-H <name>` (RHEL ifcfg's `DHCP_HOSTNAME`).
+    pub fn restart_args(&self, name: &str) -> Vec<String> {
+        let mut args = self.args.clone();
+        if let Some(i) = args.iter().position(|a| a == "-H") {
+            if let Some(v) = args.get_mut(i + 1) {
+                *v = name.to_string();
+            }
+        }
+        args
+    }
+}
+
+/// What is running, in order of preference (NetworkManager may run dhclient itself: it wins over a bare dhclient).
+pub fn detect(sys: &dyn System) -> Option<Stack> {
+    if sys.exists(Path::new(NETWORKD_STATE)) && sys.has_program("networkctl") {
+        return Some(Stack::Networkd);
+    }
+    if sys.exists(Path::new(NM_RUN)) && sys.has_program("nmcli") {
+        return Some(Stack::NetworkManager);
+    }
+    let procs = running_dhclients(sys);
+    if !procs.is_empty() && sys.has_program("dhclient") {
+        return Some(Stack::Dhclient(procs));
+    }
+    if sys.exists(Path::new("/run/wicked")) && sys.exists(Path::new(WICKED_DHCP)) && sys.has_program("ifup") {
+        return Some(Stack::Wicked);
+    }
+    let procs = running_clients(sys, "dhcpcd");
+    if !procs.is_empty() && sys.has_program("dhcpcd") {
+        return Some(Stack::Dhcpcd(procs));
+    }
+    None
+}
+
+/// `dhclient` processes named by `/run/dhclient*.pid` or `/var/run/dhclient*.pid` that are alive.
+pub fn running_dhclients(sys: &dyn System) -> Vec<DhclientProc> {
+    running_clients(sys, "dhclient")
+}
+
+/// Live processes of `program` named by a pid file: `/run/<program>*.pid`, `/run/<program>/pid` or
+/// `/run/<program>/*.pid` (and the same under `/var/run`). The process's `argv[0]` must name `program` (dhcpcd
+/// retitles itself `dhcpcd: [manager] [ip4]`).
+pub fn running_clients(sys: &dyn System, program: &str) -> Vec<DhclientProc> {
+    let mut out: Vec<DhclientProc> = Vec::new();
+    let own_dir = |d: &str| format!("{d}/{program}");
+    let dirs = ["/run".to_string(), "/var/run".to_string(), own_dir("/run"), own_dir("/var/run")];
+    for (i, dir) in dirs.iter().enumerate() {
+        let Ok(names) = sys.read_dir(Path::new(dir)) else { continue };
+        let wanted = |n: &str| match i {
+            0 | 1 => n.starts_with(program) && n.ends_with(".pid"),
+            _ => n == "pid" || n.ends_with(".pid"),
+        };
+        for n in names.iter().filter(|n| wanted(n)) {
+            let pid_file = format!("{dir}/{n}");
+            let Some(pid) = sys.read_to_string(Path::new(&pid_file)).ok().and_then(|s| s.trim().parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if out.iter().any(|p| p.pid == pid) {
+                continue;
+            }
+            let Ok(cmdline) = sys.read(Path::new(&format!("/proc/{pid}/cmdline"))) else { continue };
+            let mut argv =
+                cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned());
+            let named = argv.next().is_some_and(|a0| {
+                let cmd = a0.split(|c: char| c.is_whitespace() || c == ':').next().unwrap_or("");
+                cmd.rsplit('/').next() == Some(program)
+            });
+            if named {
+                out.push(DhclientProc { pid, pid_file, args: argv.collect() });
+            }
+        }
+    }
+    out
+}
+
+/// Run `cmd`; `Err(description)` unless it exits 0.
+pub(crate) fn run_ok(sys: &dyn System, cmd: &Command) -> Result<(), String> {
+    match sys.run(cmd) {
+        Ok(o) if o.success() => Ok(()),
+        Ok(o) => Err(format!("{} exited {:?}: {}", cmd.display(), o.status, excerpt(&o.stderr))),
+        Err(e) => Err(format!("{}: {e}", cmd.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::system::record::RecordingSystem;
+
+    fn sandbox(files: &[(&str, &str)], installed: &[&str]) -> (tempfile::TempDir, RecordingSystem) {
+        let d = tempfile::tempdir().unwrap();
+        for (p, text) in files {
+            let host = d.path().join(p.trim_start_matches('/'));
+            std::fs::create_dir_all(host.parent().unwrap()).unwrap();
+            std::fs::write(host, text).unwrap();
+        }
+        let sys = RecordingSystem::new(d.path());
+        for t in ["networkctl", "nmcli", "dhclient", "dhcpcd", "ifup"] {
+            if installed.contains(&t) {
+                sys.script(t, Default::default());
+            } else {
+                sys.uninstall(t);
+            }
+        }
+        (d, sys)
+    }
+
+    #[test]
+    fn dhcpcd_pid_files_of_every_version() {
+        let (_d, sys) = sandbox(
+            &[
+                // dhcpcd 9: the manager, retitled
+                ("/run/dhcpcd/pid", "10\n"),
+                ("/proc/10/cmdline", "dhcpcd: [manager] [ip4] [ip6]\0"),
+                // dhcpcd 7/8: per interface
+                ("/var/run/dhcpcd-eth1-4.pid", "11\n"),
+                ("/proc/11/cmdline", "/sbin/dhcpcd\0-4\0eth1\0"),
+                // a stale file, and a pid reused by something else
+                ("/run/dhcpcd-eth2.pid", "12\n"),
+                ("/run/dhcpcd/eth3.pid", "13\n"),
+                ("/proc/13/cmdline", "/usr/bin/dhcpcd-ui\0"),
+                ("/run/dhclient.pid", "14\n"),
+                ("/proc/14/cmdline", "/sbin/dhcpcd\0"),
+            ],
+            &["dhcpcd"],
+        );
+        let found = running_clients(&sys, "dhcpcd");
+        let pids: Vec<u32> = found.iter().map(|p| p.pid).collect();
+        assert_eq!(pids, [11, 10]);
+        assert_eq!(found[0].args, ["-4", "eth1"]);
+        assert!(running_dhclients(&sys).is_empty());
+        assert!(matches!(detect(&sys), Some(Stack::Dhcpcd(p)) if p.len() == 2));
+        // not installed: not the stack
+        sys.uninstall("dhcpcd");
+        assert_eq!(detect(&sys), None);
+    }
+
+    #[test]
+    fn detection_prefers_the_network_managers() {
+        let files = [
+            (NETWORKD_STATE, "x"),
+            ("/run/NetworkManager/x", ""),
+            ("/run/dhclient.pid", "14\n"),
+            ("/proc/14/cmdline", "/sbin/dhclient\0eth0\0"),
+        ];
+        let (_d, sys) = sandbox(&files, &["networkctl", "nmcli", "dhclient"]);
+        assert_eq!(detect(&sys), Some(Stack::Networkd));
+        let (_d, sys) = sandbox(&files, &["nmcli", "dhclient"]);
+        assert_eq!(detect(&sys), Some(Stack::NetworkManager));
+        let (_d, sys) = sandbox(&files, &["dhclient"]);
+        assert!(matches!(detect(&sys), Some(Stack::Dhclient(p)) if p[0].interfaces() == ["eth0"]));
+    }
+}
