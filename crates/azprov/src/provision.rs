@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::duties::{self, Outcome, Passwd};
-use crate::plan::{self, Action, Phase, Plan};
+use crate::plan::{self, Action, Phase, Plan, PpsKind};
 use crate::platform::cdrom::{self, Found};
 use crate::platform::certificates;
 use crate::platform::endpoint;
@@ -25,6 +25,8 @@ use crate::secret::Secret;
 use crate::state::{RunResult, RunSummary, State, StepOutcome, StepRecord, VmProgress};
 use crate::system::System;
 use crate::timeutil::{self, Clock};
+
+mod pps;
 
 /// Which part of the boot to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,7 +284,14 @@ impl<'a> Run<'a> {
                 let imds = imds_thread.and_then(|h| h.join().ok()).and_then(|r| r.ok());
                 return self.dry_run(env.as_ref(), imds.as_ref());
             }
-            if self.opts.phase.local() {
+            // a pre-provisioned VM's DVD holds the pool's OVF: nothing of it is applied, the customer's comes later
+            let pooled = self.state.pool_reported(&self.vm_id)
+                || env.as_ref().is_some_and(|e| plan::pps_kind(Some(e), None, false) != PpsKind::None);
+            if self.opts.phase.local() && pooled {
+                let t = self.clock.now();
+                let why = "pre-provisioned (pool) VM: the customer's provisioning follows the assignment";
+                self.record("identity", StepOutcome::Skipped, t, why.into());
+            } else if self.opts.phase.local() {
                 let id = plan::identity(env.as_ref(), None);
                 let p = plan::plan(&self.vm_id, &id, self.cfg, &self.progress.done, Phase::Local);
                 let identity = self.execute(&p, env.as_ref());
@@ -318,6 +327,21 @@ impl<'a> Run<'a> {
                         .fail(Failure::new("unexpected error querying IMDS").with("exception", "IMDS thread failed"))
                 }
             };
+            let kind =
+                plan::pps_kind(env.as_ref(), instance.pps_type.as_deref(), self.state.pool_reported(&self.vm_id));
+            if kind != PpsKind::None {
+                let customer = match self.pool(kind, &instance) {
+                    Ok(c) => c,
+                    Err(out) => return *out,
+                };
+                let local = self.customer_local(&customer.env);
+                // the customer's VM needs its own host keys (sshd may be running with the image's: reloaded after)
+                self.start_host_keys(s);
+                if let Err(f) = local {
+                    return self.fail(f);
+                }
+                return self.network_phase(Some(&customer.env), &customer.instance);
+            }
             if env.is_some() || instance.has_os_profile {
                 // not a specialized disk: a new VM needs its own host keys; normally the local phase made them
                 // (then this is a no-op), but it may have run without the DVD or without host keys enabled
@@ -403,6 +427,13 @@ impl<'a> Run<'a> {
             }
         };
         tracing::info!("host_keys: {detail}");
+        if so == StepOutcome::Done && self.pps_type != "None" && self.sys.is_live() {
+            // a pool VM's sshd started with the image's keys: it must serve the customer's
+            let note = duties::sshd::reload_if_running(self.sys);
+            if !note.is_empty() {
+                tracing::info!("sshd{note}");
+            }
+        }
         if so != StepOutcome::Failed {
             let rec =
                 serde_json::json!({"outcome": so, "duration_ms": ms, "at": timeutil::iso8601_utc(timeutil::now_us())});
@@ -1006,6 +1037,9 @@ impl<'a> Run<'a> {
         let ts = timeutil::iso8601_utc(ctx.timestamp_us);
         if let Err(e) = self.state.mark_provisioned(&self.vm_id, &ts) {
             self.warn(&format!("Ready accepted but the provisioned marker could not be written: {e}"));
+        }
+        if let Err(e) = self.state.clear_pool_reported() {
+            self.warn(&format!("cannot remove the pre-provisioning marker: {e}"));
         }
         // WALinuxAgent starts after this unit: it finds its own marker and an OVF copy without secrets
         let ovf_bytes = self

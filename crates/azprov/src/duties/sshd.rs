@@ -301,7 +301,7 @@ pub fn configure_for(sys: &dyn System, cfg: &SshdDuty, password_auth: bool, user
     if !changed {
         return Outcome::Done(format!("{summary} (unchanged){note}"));
     }
-    Outcome::Done(format!("{summary}{note}{}", reload(sys)))
+    Outcome::Done(format!("{summary}{note}{}", reload_if_running(sys)))
 }
 
 fn check(eff: &Effective, wanted: &[(&str, &str)], required: bool) -> Result<(), Failure> {
@@ -338,7 +338,7 @@ fn verify(sys: &dyn System, wanted: &[(&str, &str)], user: Option<&str>) -> Resu
 }
 
 /// Reload sshd if this is the live system and sshd is already running (normally we run before it starts).
-fn reload(sys: &dyn System) -> String {
+pub fn reload_if_running(sys: &dyn System) -> String {
     if !sys.is_live() {
         return String::new();
     }
