@@ -40,6 +40,8 @@ impl Run<'_> {
         let _ = self.sys.sd_notify(&format!("STATUS=pre-provisioned VM ({}): waiting for a customer", kind.name()));
         self.progress.primary_mac = pool_instance.interfaces.first().map(|i| i.mac.clone());
         let primary_mac = self.progress.primary_mac.clone();
+        // the intermediate Ready goes to the wireserver like any report: through the pool NIC
+        self.routes();
 
         // the NIC watch starts before the intermediate Ready: the assignment may follow it at once
         let mut watch = None;
