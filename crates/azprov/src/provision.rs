@@ -249,7 +249,6 @@ impl<'a> Run<'a> {
             return self.finish(exit::OK, RunResult::InProgress, None, false, msg);
         }
 
-        // IMDS runs on its own thread while the local duties run.
         let network = self.opts.phase.network();
         let client = imds_client(self.cfg);
         let mut icfg = ImdsConfig::new(self.cfg.platform.imds_url.clone());
@@ -260,9 +259,12 @@ impl<'a> Run<'a> {
         };
         let clock = self.clock;
         std::thread::scope(|s| {
-            // the OVF first (the per-boot copy of a split boot, or a quick DVD read): it may ask for the guest proxy
-            // agent, which must be up before anything goes to IMDS or the wireserver; IMDS then runs while the local
-            // duties do
+            // IMDS runs while the DVD is read and the local duties run. Only an image with the guest proxy agent
+            // reads the OVF first: it may ask for that agent, which must be up before anything goes to IMDS or the
+            // wireserver (without the program, such an OVF fails anyway: `azure-proxy-agent not found`)
+            let proxy_installed = self.sys.has_program("azure-proxy-agent");
+            let mut imds_thread =
+                (network && !proxy_installed).then(|| s.spawn(|| imds::fetch_instance(&client, &icfg, clock)));
             let ovf = self.read_ovf();
             let env = match ovf {
                 Ok(env) => env,
@@ -279,7 +281,9 @@ impl<'a> Run<'a> {
                     }
                 }
             }
-            let imds_thread = network.then(|| s.spawn(|| imds::fetch_instance(&client, &icfg, clock)));
+            if network && imds_thread.is_none() {
+                imds_thread = Some(s.spawn(|| imds::fetch_instance(&client, &icfg, clock)));
+            }
             if self.opts.dry_run {
                 let imds = imds_thread.and_then(|h| h.join().ok()).and_then(|r| r.ok());
                 return self.dry_run(env.as_ref(), imds.as_ref());
