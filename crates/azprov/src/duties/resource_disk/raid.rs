@@ -1,4 +1,5 @@
-//! Several local NVMe temporary disks striped into one md RAID0 (`nvme_raid0 = true`, platform.md §9.8).
+//! Several local NVMe temporary disks striped into one md RAID0 (`nvme_raid0 = true`, platform.md §9.8), or the
+//! disks an administrator names (`azprov run resource-disk --device A --device B`, [`setup_hosts`]).
 //!
 //! The same safety rule as for one disk: an array is created only from disks that are all blank (no signature,
 //! no partition table, no md superblock). An array of ours (name `azprov-resource`) is used when it is already
