@@ -1091,7 +1091,7 @@ pub fn imds_document(vm: &VmDefinition, api_version: &str, extended: bool) -> se
     if api_version >= "2020-07-15" && !vm.specialized {
         compute["osProfile"] = json!({
             "adminUsername": vm.username,
-            "computerName": vm.hostname,
+            "computerName": vm.computer_name(),
             "disablePasswordAuthentication": if vm.disable_password_authentication { "true" } else { "false" },
         });
     }

@@ -21,12 +21,18 @@ use serde::{Deserialize, Serialize};
 use crate::certs::{KeyTransport, SimCert};
 
 /// Everything the platform knows about one VM. Missing TOML keys take the values of [`VmDefinition::default`], except
-/// the optional ones (`password`, `custom_data`, `user_data`): absent means none, so that TOML can express "none".
+/// the optional ones (`password`, `custom_data`, `user_data`, `imds_hostname`): absent means none, so that TOML can
+/// express "none".
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct VmDefinition {
-    /// OVF `HostName` and IMDS `osProfile.computerName`.
+    /// OVF `HostName`, and IMDS `osProfile.computerName` unless `imds_hostname` is set.
     pub hostname: String,
+    /// IMDS `osProfile.computerName` when it differs from the OVF `HostName` (the VM renamed after the DVD was made,
+    /// as the agent sees it when IMDS answers with another name): the agent must set it in its network phase and
+    /// publish it to the platform DNS. Absent = `hostname`.
+    #[serde(default)]
+    pub imds_hostname: Option<String>,
     /// OVF `UserName` and IMDS `osProfile.adminUsername`.
     pub username: String,
     /// OVF `UserPassword` (plaintext); never sent through IMDS.
@@ -82,6 +88,7 @@ impl Default for VmDefinition {
     fn default() -> Self {
         VmDefinition {
             hostname: "azprov-demo".into(),
+            imds_hostname: None,
             username: "azureuser".into(),
             password: Some("Azprov-Demo-Passw0rd!".into()),
             ssh_keys: vec![DEMO_KEY.into()],
@@ -260,6 +267,11 @@ impl VmDefinition {
         }
     }
 
+    /// IMDS `osProfile.computerName`: `imds_hostname`, else the OVF `hostname`.
+    pub fn computer_name(&self) -> &str {
+        self.imds_hostname.as_deref().unwrap_or(&self.hostname)
+    }
+
     /// The VM (resource) name: the part of the role instance id after the first dot.
     pub fn vm_name(&self) -> &str {
         self.role_instance_id.split_once('.').map_or(self.hostname.as_str(), |(_, name)| name)
@@ -337,6 +349,15 @@ mod tests {
         assert_eq!(vm.username, "azureuser");
         assert_eq!(vm.password, None);
         assert_eq!(vm.custom_data, None);
+        assert_eq!((vm.imds_hostname.as_deref(), vm.computer_name()), (None, "web-01"));
+    }
+
+    #[test]
+    fn imds_hostname_overrides_the_computer_name_only() {
+        let vm = VmDefinition::from_toml("hostname = \"ovf-name\"\nimds_hostname = \"imds-name\"\n").unwrap();
+        assert_eq!((vm.hostname.as_str(), vm.computer_name()), ("ovf-name", "imds-name"));
+        assert_eq!(VmDefinition::from_toml(&vm.to_toml().unwrap()).unwrap(), vm);
+        assert!(!VmDefinition::default().to_toml().unwrap().contains("imds_hostname"));
     }
 
     #[test]

@@ -209,6 +209,15 @@ fn imds_specialized_vm_has_no_os_profile() {
 }
 
 #[test]
+fn imds_computer_name_can_differ_from_the_ovf_host_name() {
+    let vm =
+        VmDefinition { hostname: "ovf-name".into(), imds_hostname: Some("imds-name".into()), ..Default::default() };
+    assert!(azprov_sim::ovf::ovf_env_xml(&vm).contains("<HostName>ovf-name</HostName>"));
+    let sim = Simulator::start(vm, Faults::none()).unwrap();
+    assert_eq!(get(&sim, IMDS, MD).json()["compute"]["osProfile"]["computerName"], "imds-name");
+}
+
+#[test]
 fn imds_password_authentication_flag_is_a_string() {
     let vm = VmDefinition { disable_password_authentication: true, password: None, ..Default::default() };
     let sim = Simulator::start(vm, Faults::none()).unwrap();

@@ -146,9 +146,11 @@ enum RunDuty {
     ResourceDisk {
         #[command(flatten)]
         common: Common,
-        /// Use this disk (host path of its device node) instead of finding it from sysfs.
-        #[arg(long, value_name = "PATH")]
-        device: Option<PathBuf>,
+        /// Use this disk (host path of its device node, e.g. /dev/nvme0n1) instead of finding it from sysfs.
+        /// Repeatable: several disks are striped into the md RAID0 /dev/md/azprov-resource (created only when all
+        /// are blank; assembled or reused when they already are our array), whatever nvme_raid0 says.
+        #[arg(long = "device", value_name = "PATH")]
+        devices: Vec<PathBuf>,
         /// Mount here instead of the configured mount point.
         #[arg(long, value_name = "DIR")]
         mount_point: Option<PathBuf>,
@@ -299,9 +301,9 @@ fn run() -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             let outcome = match &duty {
-                RunDuty::ResourceDisk { device, mount_point, no_persist, .. } => {
+                RunDuty::ResourceDisk { devices, mount_point, no_persist, .. } => {
                     let opts = resource_disk::RunOptions {
-                        device: device.clone(),
+                        devices: devices.clone(),
                         mount_point: mount_point.clone(),
                         no_persist: *no_persist,
                     };

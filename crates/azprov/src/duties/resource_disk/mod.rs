@@ -47,8 +47,10 @@ See Microsoft's documentation on the Azure temporary disk for details.
 /// How one run is invoked (`azprov run resource-disk` flags, or the boot defaults).
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Host path of the disk to use instead of discovery (`--device`).
-    pub device: Option<PathBuf>,
+    /// Host paths of the disks to use instead of discovery (`--device`, repeatable; the kernel's own node names,
+    /// `/dev/nvme0n1`). Several disks are an explicit request to stripe them: RAID0 as for local NVMe disks with
+    /// `nvme_raid0` (that switch only governs discovered disks), created only when all are blank.
+    pub devices: Vec<PathBuf>,
     /// Overrides the configured mount point (`--mount-point`).
     pub mount_point: Option<PathBuf>,
     /// Leave fstab alone (`--no-persist`).
@@ -189,9 +191,20 @@ pub fn run_every_boot(sys: &dyn System, cfg: &ResourceDiskDuty, opts: &RunOption
         return Outcome::Failed(Failure::new("resource disk: bad mount point").with("mount_point", mp.display()));
     }
     let mut notes = Vec::new();
-    let (disk, how) = match &opts.device {
-        Some(d) => (d.clone(), "--device".to_string()),
-        None => {
+    let (disk, how) = match opts.devices.as_slice() {
+        [d] => (d.clone(), "--device".to_string()),
+        [first, ..] => match raid::setup_hosts(sys, &opts.devices, cfg.never_format) {
+            raid::Raid::Array { dev, note } => {
+                notes.push(note);
+                (dev, format!("RAID0 {} of --device", raid::MD_NODE))
+            }
+            raid::Raid::Single(why) => {
+                notes.push(why);
+                (first.clone(), "first --device".to_string())
+            }
+            raid::Raid::Failed(o) => return o,
+        },
+        [] => {
             if waagent_setting(sys, "ResourceDisk.Format").is_some_and(|v| v.eq_ignore_ascii_case("y")) {
                 return Outcome::Skipped(format!(
                     "WALinuxAgent owns the resource disk (ResourceDisk.Format=y in {WAAGENT_CONF}): left to it"

@@ -1,4 +1,5 @@
-//! Several local NVMe temporary disks striped into one md RAID0 (`nvme_raid0 = true`, platform.md §9.8).
+//! Several local NVMe temporary disks striped into one md RAID0 (`nvme_raid0 = true`, platform.md §9.8), or the
+//! disks an administrator names (`azprov run resource-disk --device A --device B`, [`setup_hosts`]).
 //!
 //! The same safety rule as for one disk: an array is created only from disks that are all blank (no signature,
 //! no partition table, no md superblock). An array of ours (name `azprov-resource`) is used when it is already
@@ -97,11 +98,10 @@ fn holder(sys: &dyn System, name: &str) -> Option<String> {
     holders.into_iter().find(|h| h.starts_with("md"))
 }
 
-/// What a member disk (target node `/dev/nvme0n1`) holds.
-fn inspect(sys: &dyn System, node: &Path) -> std::io::Result<(String, PathBuf, Member)> {
-    let host = sys.resolve_device(node)?;
-    let name = node.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let src = sys.open_host_read(&host)?;
+/// What a member disk (host path of its node, named as the kernel names it: `/dev/nvme0n1`) holds.
+fn inspect(sys: &dyn System, host: &Path) -> std::io::Result<(String, Member)> {
+    let name = host.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let src = sys.open_host_read(host)?;
     let member = match layout::md_superblock(src.as_ref())? {
         Some(n) if is_our_name(&n) => Member::Ours { held: holder(sys, &name) },
         Some(n) => Member::Other(format!("member of another md array `{n}`")),
@@ -116,7 +116,7 @@ fn inspect(sys: &dyn System, node: &Path) -> std::io::Result<(String, PathBuf, M
             },
         },
     };
-    Ok((name, host, member))
+    Ok((name, member))
 }
 
 /// The md device the array runs as, once mdadm has started it: the holder of the first member, else the
@@ -167,18 +167,31 @@ pub fn assemble_command(devices: &[PathBuf]) -> Command {
 
 /// Stripe the local NVMe disks `nodes` (target paths, at least two): use, assemble or create our array.
 pub fn setup(sys: &dyn System, nodes: &[PathBuf], never_format: bool) -> Raid {
-    if !sys.has_program("mdadm") {
-        return Raid::Single(format!("mdadm is not installed: using the first of {} local NVMe disks", nodes.len()));
-    }
-    let mut members = Vec::new();
     let mut hosts = Vec::new();
     for node in nodes {
-        match inspect(sys, node) {
-            Ok((name, host, m)) => {
-                members.push((name, m));
-                hosts.push(host);
-            }
+        match sys.resolve_device(node) {
+            Ok(h) => hosts.push(h),
             Err(e) => return Raid::Failed(fail("cannot read a local NVMe disk", node, e)),
+        }
+    }
+    stripe(sys, &hosts, never_format, "local NVMe disks")
+}
+
+/// Stripe the disks given by the administrator (`--device`, host paths of the kernel's own nodes, at least two):
+/// the same decisions as [`setup`].
+pub fn setup_hosts(sys: &dyn System, hosts: &[PathBuf], never_format: bool) -> Raid {
+    stripe(sys, hosts, never_format, "given disks")
+}
+
+fn stripe(sys: &dyn System, hosts: &[PathBuf], never_format: bool, what: &str) -> Raid {
+    if !sys.has_program("mdadm") {
+        return Raid::Single(format!("mdadm is not installed: using the first of {} {what}", hosts.len()));
+    }
+    let mut members = Vec::new();
+    for host in hosts {
+        match inspect(sys, host) {
+            Ok(m) => members.push(m),
+            Err(e) => return Raid::Failed(fail("cannot read a disk for the RAID0", host, e)),
         }
     }
     let first = members.first().map(|(n, _)| n.clone()).unwrap_or_default();
@@ -187,11 +200,11 @@ pub fn setup(sys: &dyn System, nodes: &[PathBuf], never_format: bool) -> Raid {
         Plan::Use(md) => {
             return Raid::Array {
                 dev: md_device(sys, &md),
-                note: format!("RAID0 {MD_NAME} of {} local NVMe disks already running as {md}", nodes.len()),
+                note: format!("RAID0 {MD_NAME} of {} {what} already running as {md}", hosts.len()),
             }
         }
-        Plan::Assemble => (assemble_command(&hosts), "assembled"),
-        Plan::Create => (create_command(&hosts), "created"),
+        Plan::Assemble => (assemble_command(hosts), "assembled"),
+        Plan::Create => (create_command(hosts), "created"),
     };
     match sys.run(&cmd) {
         Ok(o) if o.success() => {}
@@ -206,10 +219,9 @@ pub fn setup(sys: &dyn System, nodes: &[PathBuf], never_format: bool) -> Raid {
         Err(e) => return Raid::Failed(fail("mdadm not available", Path::new(MD_NODE), e)),
     }
     match wait_for_array(sys, &first) {
-        Some(dev) => Raid::Array {
-            note: format!("RAID0 {MD_NAME} of {} local NVMe disks {done} ({})", nodes.len(), dev.display()),
-            dev,
-        },
+        Some(dev) => {
+            Raid::Array { note: format!("RAID0 {MD_NAME} of {} {what} {done} ({})", hosts.len(), dev.display()), dev }
+        }
         None => Raid::Failed(fail("the RAID0 array did not appear", Path::new(MD_NODE), cmd.display())),
     }
 }
@@ -332,5 +344,40 @@ mod tests {
         let (_d, sys4, nodes4) = sandbox(&[("nvme0n1", vec![0; 1 << 20]), ("nvme1n1", vec![0; 1 << 20])]);
         sys4.script("mdadm", CommandOutput { status: Some(1), stderr: b"no md".to_vec(), ..Default::default() });
         assert!(matches!(setup(&sys4, &nodes4, false), Raid::Failed(Outcome::Failed(_))));
+    }
+
+    /// `run resource-disk --device A --device B`: host paths, striped like discovered disks, same safety rule.
+    #[test]
+    fn given_devices_are_striped_by_host_path() {
+        let (dir, sys, _) = sandbox(&[("nvme0n1", vec![0; 1 << 20]), ("nvme1n1", vec![0; 1 << 20])]);
+        sys.script("mdadm", ok());
+        std::fs::create_dir_all(dir.path().join("dev/md")).unwrap();
+        std::fs::write(dir.path().join("dev/md127"), vec![0u8; 4096]).unwrap();
+        std::os::unix::fs::symlink("../md127", dir.path().join("dev/md/azprov-resource")).unwrap();
+        let hosts: Vec<PathBuf> =
+            ["nvme0n1", "nvme1n1"].iter().map(|n| dir.path().canonicalize().unwrap().join("dev").join(n)).collect();
+        match setup_hosts(&sys, &hosts, false) {
+            Raid::Array { dev, note } => {
+                assert!(dev.ends_with("dev/md127"), "{}", dev.display());
+                assert!(note.contains("RAID0 azprov-resource of 2 given disks created"), "{note}");
+            }
+            _ => panic!("expected an array"),
+        }
+        let args = &sys.commands()[0].args;
+        assert_eq!(args[..2], ["--create", MD_NODE]);
+        assert_eq!(args[7..], [hosts[0].display().to_string(), hosts[1].display().to_string()]);
+        // never_format: no array, nothing run
+        let sys2 = RecordingSystem::new(dir.path());
+        sys2.script("mdadm", ok());
+        assert!(matches!(setup_hosts(&sys2, &hosts, true), Raid::Single(ref w) if w.contains("never_format")));
+        assert!(sys2.commands().is_empty());
+        // a disk that holds something: the first disk alone, nothing run
+        let mut used = vec![0u8; 1 << 20];
+        used[0x438..0x43a].copy_from_slice(&[0x53, 0xef]);
+        std::fs::write(&hosts[1], used).unwrap();
+        let sys3 = RecordingSystem::new(dir.path());
+        sys3.script("mdadm", ok());
+        assert!(matches!(setup_hosts(&sys3, &hosts, false), Raid::Single(ref w) if w.contains("nvme1n1: holds")));
+        assert!(sys3.commands().is_empty());
     }
 }

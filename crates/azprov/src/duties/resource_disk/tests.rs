@@ -204,7 +204,7 @@ fn azure_ntfs_disk(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
 }
 
 fn opts(l: &Loop) -> RunOptions {
-    RunOptions { device: Some(l.dev.clone()), ..RunOptions::default() }
+    RunOptions { devices: vec![l.dev.clone()], ..RunOptions::default() }
 }
 
 fn done(o: &Outcome) -> &str {
@@ -450,5 +450,41 @@ fn root_nvme_raid0_created_then_formatted_or_first_disk_without_mdadm() {
     let text = done(&run_every_boot(&sys, &cfg, &o)).to_string();
     assert!(text.contains("mdadm is not installed: using the first of 2"), "{text}");
     assert!(text.contains("local NVMe /dev/nvme0n1") && text.contains("blank disk formatted ext4"), "{text}");
+    unmount(&mp);
+}
+
+/// `run resource-disk --device A --device B` (host paths): striped even with `nvme_raid0 = false` (an explicit
+/// request), then formatted and mounted; mdadm is scripted, a loop device stands for the array.
+#[test]
+fn root_given_devices_striped_then_formatted() {
+    need_root!();
+    use crate::system::record::RecordingSystem;
+    use crate::system::CommandOutput;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("dev/md")).unwrap();
+    let mut devices = Vec::new();
+    for n in ["nvme0n1", "nvme1n1"] {
+        let p = dir.path().join(n);
+        std::fs::File::create(&p).unwrap().set_len(DISK).unwrap();
+        devices.push(p);
+    }
+    let img = dir.path().join("md.img");
+    std::fs::File::create(&img).unwrap().set_len(DISK).unwrap();
+    let md = Loop::attach(&img);
+    std::os::unix::fs::symlink(&md.dev, root.join("dev/md/azprov-resource")).unwrap();
+    let sys = RecordingSystem::new(&root);
+    sys.script("mdadm", CommandOutput { status: Some(0), ..Default::default() });
+    let mp = root.join("mnt/nvme");
+    let _m = Unmount(mp.clone());
+    let cfg = ResourceDiskDuty { nvme_raid0: false, ..ResourceDiskDuty::default() };
+    let o = RunOptions { devices: devices.clone(), mount_point: Some("/mnt/nvme".into()), no_persist: true };
+    let text = done(&run_every_boot(&sys, &cfg, &o)).to_string();
+    assert!(text.contains("RAID0 azprov-resource of 2 given disks created"), "{text}");
+    assert!(text.contains("blank disk formatted ext4") && text.contains("mounted at /mnt/nvme"), "{text}");
+    let mdadm: Vec<_> = sys.commands().into_iter().filter(|c| c.program == "mdadm").collect();
+    assert_eq!(mdadm.len(), 1);
+    assert_eq!(mdadm[0].args[7..], [devices[0].display().to_string(), devices[1].display().to_string()]);
+    assert!(mp.join(README).exists() && fstab(&root).is_empty());
     unmount(&mp);
 }
