@@ -189,13 +189,56 @@ pub fn sshd_t(sys: &dyn System, user: Option<&str>) -> Result<Effective, String>
         args.push("-C".into());
         args.push(format!("user={u},host={host},addr=127.0.0.1"));
     }
+    // Before sshd's first start (our place in the boot) a generalized image has no host key yet (and maybe no
+    // privilege separation directory), and `sshd -T` refuses to run without them: give it a throwaway key (and
+    // the directory sshd's unit would create anyway).
+    let scratch = Path::new(SCRATCH_DIR);
+    let throwaway = scratch.join("hostkey");
+    let has_key = HOST_KEY_FILES.iter().any(|k| sys.exists(Path::new(k)));
+    let mut temp_key = false;
+    if !has_key && sys.has_program("ssh-keygen") && sys.create_dir_all(scratch, 0o700, None).is_ok() {
+        let _ = sys.remove_file(&throwaway);
+        let _ = sys.remove_file(&scratch.join("hostkey.pub"));
+        let path = throwaway.display().to_string();
+        let mut gen =
+            Command::new("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-C", "azprov sshd -T", "-f", &path]);
+        gen.timeout = Duration::from_secs(30);
+        if sys.run(&gen).is_ok_and(|o| o.success()) {
+            args.push("-h".into());
+            args.push(path);
+            temp_key = true;
+        }
+    }
     let cmd = Command { program: "sshd".into(), args, stdin: None, timeout: Duration::from_secs(30) };
-    match sys.run(&cmd) {
+    let mut out = sys.run(&cmd);
+    // the directory sshd's unit creates at its start (Debian: RuntimeDirectory=sshd): named in the error
+    let privsep = out.as_ref().ok().filter(|o| !o.success()).and_then(|o| {
+        let err = String::from_utf8_lossy(&o.stderr);
+        let dir = err.split("Missing privilege separation directory:").nth(1)?.split_whitespace().next()?.to_string();
+        Some(dir).filter(|d| d.starts_with("/run/") || d.starts_with("/var/run/"))
+    });
+    if let Some(dir) = privsep {
+        if sys.create_dir_all(Path::new(&dir), 0o755, None).is_ok() {
+            out = sys.run(&cmd);
+        }
+    }
+    let result = match out {
         Ok(o) if o.success() => Ok(Effective::from_sshd_t(&String::from_utf8_lossy(&o.stdout))),
         Ok(o) => Err(format!("sshd -T failed: {}", super::excerpt(&o.stderr))),
         Err(e) => Err(format!("sshd -T failed: {e}")),
+    };
+    if temp_key {
+        let _ = sys.remove_file(&throwaway);
+        let _ = sys.remove_file(&scratch.join("hostkey.pub"));
     }
+    result
 }
+
+/// The host keys `sshd -T` could load; without any, it is given a throwaway key from [`SCRATCH_DIR`].
+const HOST_KEY_FILES: [&str; 3] =
+    ["/etc/ssh/ssh_host_ed25519_key", "/etc/ssh/ssh_host_ecdsa_key", "/etc/ssh/ssh_host_rsa_key"];
+/// Per-boot scratch space for that key (root-only).
+const SCRATCH_DIR: &str = "/run/azprov/sshd-t";
 
 /// The effective configuration: `sshd -T` where possible, else our own reading of the files. The string is a
 /// note on why `sshd -T` was not used (empty when it was). `None` when sshd is not configured at all.
@@ -409,6 +452,36 @@ mod tests {
 
     const MAIN_WITH_INCLUDE: &str =
         "Include /etc/ssh/sshd_config.d/*.conf\nKbdInteractiveAuthentication no\nUsePAM yes\n";
+
+    #[test]
+    fn sshd_t_before_the_first_start_gets_a_throwaway_key_and_its_directory() {
+        let (d, sys) = sandbox(&[("/etc/ssh/sshd_config", MAIN_WITH_INCLUDE)]);
+        sys.pretend_live();
+        let ok = crate::system::CommandOutput { status: Some(0), ..Default::default() };
+        sys.script("ssh-keygen", ok.clone());
+        sys.script("sshd", crate::system::CommandOutput { stdout: b"passwordauthentication no\n".to_vec(), ..ok });
+        let eff = sshd_t(&sys, None).unwrap();
+        assert_eq!(eff.get("passwordauthentication").unwrap().value, "no");
+        let cmds = sys.commands();
+        assert_eq!(cmds[0].program, "ssh-keygen");
+        assert!(cmds[0].args.windows(2).any(|w| w == ["-f", "/run/azprov/sshd-t/hostkey"]), "{:?}", cmds[0].args);
+        assert!(cmds[1].args.windows(2).any(|w| w == ["-h", "/run/azprov/sshd-t/hostkey"]), "{:?}", cmds[1].args);
+        // with a host key of its own, sshd needs no help
+        std::fs::write(d.path().join("etc/ssh/ssh_host_ed25519_key"), "k").unwrap();
+        let sys2 = RecordingSystem::new(d.path());
+        sys2.pretend_live();
+        sys2.script("sshd", crate::system::CommandOutput { status: Some(0), ..Default::default() });
+        sshd_t(&sys2, None).unwrap();
+        assert!(sys2.commands().iter().all(|c| c.program == "sshd" && !c.args.contains(&"-h".to_string())));
+        // the privilege separation directory sshd names is created, and sshd asked again
+        let sys3 = RecordingSystem::new(d.path());
+        sys3.pretend_live();
+        let missing = b"Missing privilege separation directory: /run/sshd\n".to_vec();
+        sys3.script("sshd", crate::system::CommandOutput { status: Some(255), stderr: missing, ..Default::default() });
+        assert!(sshd_t(&sys3, None).is_err());
+        assert!(d.path().join("run/sshd").is_dir());
+        assert_eq!(sys3.commands().len(), 2);
+    }
 
     #[test]
     fn effective_reading_follows_sshd_rules() {
