@@ -47,3 +47,15 @@ pub fn capture_log<T>(f: impl FnOnce() -> T) -> (T, String) {
     let text = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
     (out, text)
 }
+
+/// A recording system over a fresh sandbox root holding `files` (target path, text).
+pub fn sandbox(files: &[(&str, &str)]) -> (tempfile::TempDir, crate::system::record::RecordingSystem) {
+    let d = tempfile::tempdir().expect("tempdir");
+    for (p, text) in files {
+        let host = d.path().join(p.trim_start_matches('/'));
+        std::fs::create_dir_all(host.parent().expect("parent")).expect("mkdir");
+        std::fs::write(host, text).expect("write");
+    }
+    let sys = crate::system::record::RecordingSystem::new(d.path());
+    (d, sys)
+}

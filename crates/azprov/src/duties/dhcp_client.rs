@@ -172,13 +172,7 @@ mod tests {
     use crate::system::record::RecordingSystem;
 
     fn sandbox(files: &[(&str, &str)], installed: &[&str]) -> (tempfile::TempDir, RecordingSystem) {
-        let d = tempfile::tempdir().unwrap();
-        for (p, text) in files {
-            let host = d.path().join(p.trim_start_matches('/'));
-            std::fs::create_dir_all(host.parent().unwrap()).unwrap();
-            std::fs::write(host, text).unwrap();
-        }
-        let sys = RecordingSystem::new(d.path());
+        let (d, sys) = crate::testutil::sandbox(files);
         for t in ["networkctl", "nmcli", "dhclient", "dhcpcd", "ifup"] {
             if installed.contains(&t) {
                 sys.script(t, Default::default());

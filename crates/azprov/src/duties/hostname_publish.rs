@@ -364,13 +364,7 @@ mod tests {
     use crate::system::CommandOutput;
 
     fn sandbox(files: &[(&str, &str)]) -> (tempfile::TempDir, RecordingSystem) {
-        let d = tempfile::tempdir().unwrap();
-        for (p, text) in files {
-            let host = d.path().join(p.trim_start_matches('/'));
-            std::fs::create_dir_all(host.parent().unwrap()).unwrap();
-            std::fs::write(host, text).unwrap();
-        }
-        let sys = RecordingSystem::new(d.path());
+        let (d, sys) = crate::testutil::sandbox(files);
         sys.pretend_live();
         (d, sys)
     }

@@ -808,13 +808,7 @@ mod tests {
 
     /// A live-looking recording system with `links`, the DHCP tools in `scripted` answering `ok`, the others absent.
     fn sandbox(links: Vec<Link>, scripted: &[&str], files: &[(&str, &str)]) -> (tempfile::TempDir, RecordingSystem) {
-        let d = tempfile::tempdir().unwrap();
-        for (p, text) in files {
-            let host = d.path().join(p.trim_start_matches('/'));
-            std::fs::create_dir_all(host.parent().unwrap()).unwrap();
-            std::fs::write(host, text).unwrap();
-        }
-        let sys = RecordingSystem::new(d.path());
+        let (d, sys) = crate::testutil::sandbox(files);
         sys.pretend_live();
         sys.set_links(links);
         sys.set_ipv4_addresses(Vec::new());

@@ -177,14 +177,7 @@ mod tests {
     }
 
     fn sandbox(files: &[(&str, &str)]) -> (tempfile::TempDir, RecordingSystem) {
-        let dir = tempfile::tempdir().unwrap();
-        for (p, text) in files {
-            let host = dir.path().join(p.trim_start_matches('/'));
-            std::fs::create_dir_all(host.parent().unwrap()).unwrap();
-            std::fs::write(host, text).unwrap();
-        }
-        let sys = RecordingSystem::new(dir.path());
-        (dir, sys)
+        crate::testutil::sandbox(files)
     }
 
     fn done(o: Outcome) -> String {
