@@ -151,6 +151,8 @@ pub struct Summary {
     pub addresses: Vec<String>,
     /// DHCPACKs the server sent.
     pub dhcp_acks: usize,
+    /// Steps of the agent's status that failed (`name: detail`); side steps fail without failing the run.
+    pub failed_steps: Vec<String>,
     pub checks: Vec<Check>,
     /// The end of the agent's log, when a check failed.
     pub log_tail: Vec<String>,
@@ -576,6 +578,21 @@ fn run_agent(
         // pool lease + renewal (Running) or the hot-attached NIC's lease (Savable)
         check(&mut c, "dhcp_acks", s.dhcp_acks >= 2, format!("{} DHCPACK(s) from dnsmasq", s.dhcp_acks));
     }
+    s.failed_steps = status_json
+        .get("steps")
+        .and_then(|v| v.as_array())
+        .map(|steps| {
+            steps
+                .iter()
+                .filter(|st| st.get("outcome").and_then(|o| o.as_str()) == Some("failed"))
+                .map(|st| {
+                    let f = |k: &str| st.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+                    format!("{}: {}", f("name"), f("detail"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    check(&mut c, "no_failed_steps", s.failed_steps.is_empty(), s.failed_steps.join("; "));
     let customer_if = if opts.flow == Flow::Savable { NEW_IF } else { POOL_IF };
     if s.dhcp {
         let ok = s.addresses.iter().any(|a| a.starts_with(&format!("{customer_if} 10.99.0.")));
@@ -592,7 +609,7 @@ fn run_agent(
     s.result = if ok { "success" } else { "failure" }.into();
     if !ok {
         let text = fs::read_to_string(&log).unwrap_or_default();
-        let tail: Vec<String> = text.lines().rev().take(25).map(str::to_string).collect();
+        let tail: Vec<String> = text.lines().rev().take(30).map(str::to_string).collect();
         s.log_tail = tail.into_iter().rev().collect();
     }
     s.checks = c;
