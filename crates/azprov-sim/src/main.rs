@@ -190,10 +190,12 @@ fn pps_live(pps_type: PpsType, agent: Option<PathBuf>, json: bool) -> std::proce
     inner.arg(pps_live::INNER_SUBCOMMAND);
     match pps_live::run(&PpsLiveOptions { flow, agent }, inner) {
         Ok(Launch::Ran(s)) => {
+            use std::io::Write as _;
+            let mut out = std::io::stdout();
             if !json {
-                print!("{}", s.human());
+                let _ = write!(out, "{}", s.human());
             }
-            println!("{}", serde_json::to_string(&s).unwrap_or_default());
+            let _ = writeln!(out, "{}", serde_json::to_string(&s).unwrap_or_default());
             if s.success() {
                 ExitCode::SUCCESS
             } else {

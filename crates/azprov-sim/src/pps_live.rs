@@ -340,7 +340,7 @@ fn start_dhcp(dir: &Path) -> Result<Dhcp, String> {
     let server = Command::new("ip")
         .args(["netns", "exec", HOST_NS, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0"])
         .arg(format!("--interface={BRIDGE}"))
-        .args(["--bind-interfaces", "--log-dhcp", "--user=root"])
+        .args(["--bind-interfaces", "--log-dhcp", "--user=root", "--no-ping", "--dhcp-authoritative"])
         .arg(format!("--dhcp-range={DHCP_RANGE}"))
         .arg(format!("--log-facility={}", log.display()))
         .arg(format!("--dhcp-leasefile={}", p("dnsmasq.leases")))
@@ -548,7 +548,10 @@ fn run_agent(
         &mut c,
         "assigned_after_ready",
         matches!((s.first_ready_ms, s.assigned_ms), (Some(r), Some(a)) if r <= a) && s.hook_error.is_none(),
-        format!("first pooled Ready at {:?} ms, assigned at {:?} ms, hook error {:?}", s.first_ready_ms, s.assigned_ms, s.hook_error),
+        format!(
+            "first pooled Ready at {:?} ms, assigned at {:?} ms, hook error {:?}",
+            s.first_ready_ms, s.assigned_ms, s.hook_error
+        ),
     );
     check(
         &mut c,
@@ -562,7 +565,8 @@ fn run_agent(
     let signal_ok = assignment.outcome == "done"
         && match opts.flow {
             Flow::Running => {
-                assignment.detail.starts_with(&format!("{POOL_IF} went down (")) && assignment.detail.contains("came up")
+                assignment.detail.starts_with(&format!("{POOL_IF} went down ("))
+                    && assignment.detail.contains("came up")
             }
             Flow::Savable => {
                 assignment.detail.starts_with(&format!("{POOL_IF} detached; hot-attached: {NEW_IF} (10.99.0."))
@@ -616,4 +620,54 @@ fn run_agent(
     s.total_ms = started.elapsed().as_millis() as u64;
     drop(sim);
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_the_host_namespaces() {
+        let here = live::namespace_ids_of(&NAMESPACES).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let opts = InnerOptions {
+            flow: Flow::Running,
+            agent: PathBuf::from("/nonexistent/azprov"),
+            scratch: scratch.path().to_path_buf(),
+            host_ns: here,
+            dhcp: false,
+        };
+        let e = inner(&opts).unwrap_err();
+        assert!(e.contains("refusing"), "{e}");
+        assert!(live::check_namespaces_of("mnt:[1]", &NAMESPACES).is_err());
+    }
+
+    #[test]
+    fn the_pool_vm_and_its_customer() {
+        let vm = pool_vm(Flow::Savable);
+        vm.validate().unwrap();
+        assert_eq!((vm.pps_type.as_str(), vm.mac_address.as_str()), ("Savable", POOL_MAC));
+        let c = vm.customer_definition().unwrap();
+        assert_eq!(
+            (c.hostname.as_str(), c.username.as_str(), c.mac_address.as_str()),
+            (CUSTOMER_HOST, CUSTOMER_USER, CUSTOMER_MAC)
+        );
+        let c = pool_vm(Flow::Running).customer_definition().unwrap();
+        assert_eq!(c.mac_address, POOL_MAC, "Running keeps the NIC");
+    }
+
+    #[test]
+    fn summary_round_trips_and_reads_as_text() {
+        let s = Summary {
+            result: "failure".into(),
+            pps_type: "Running".into(),
+            checks: vec![Check { name: "hostname".into(), ok: false, detail: "x".into() }],
+            log_tail: vec!["boom".into()],
+            ..Default::default()
+        };
+        let back: Summary = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert!(!back.success());
+        let h = back.human();
+        assert!(h.contains("[FAIL] hostname: x") && h.contains("| boom"), "{h}");
+    }
 }

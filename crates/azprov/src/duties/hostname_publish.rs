@@ -622,7 +622,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(argvs(&sys), ["dhclient -x -4 -pf /run/dhclient.eth1.pid eth1", "dhclient -4 -pf /run/dhclient.eth1.pid eth1"]);
+        assert_eq!(
+            argvs(&sys),
+            ["dhclient -x -4 -pf /run/dhclient.eth1.pid eth1", "dhclient -4 -pf /run/dhclient.eth1.pid eth1"]
+        );
     }
 
     #[test]
