@@ -106,6 +106,9 @@ enum Command {
         /// Print only the JSON summary.
         #[arg(long)]
         json: bool,
+        /// Running only: no DHCP server nor client (the lease renewal after the bounce is skipped).
+        #[arg(long)]
+        no_dhcp: bool,
     },
     /// Internal: the inside of `pps-live`, run under unshare (options in the environment).
     #[command(name = "__pps-live", hide = true)]
@@ -160,8 +163,8 @@ fn load_vm_or_customer(path: &Path, customer: bool) -> Result<VmDefinition> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Command::PpsLive { pps_type, agent, json } = &cli.command {
-        return pps_live(*pps_type, agent.clone(), *json);
+    if let Command::PpsLive { pps_type, agent, json, no_dhcp } = &cli.command {
+        return pps_live(*pps_type, agent.clone(), *json, *no_dhcp);
     }
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -172,7 +175,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn pps_live(pps_type: PpsType, agent: Option<PathBuf>, json: bool) -> std::process::ExitCode {
+fn pps_live(pps_type: PpsType, agent: Option<PathBuf>, json: bool, no_dhcp: bool) -> std::process::ExitCode {
     use azprov_sim::pps_live::{self, Flow, Launch, PpsLiveOptions};
     use std::process::ExitCode;
     let flow = match pps_type {
@@ -188,7 +191,7 @@ fn pps_live(pps_type: PpsType, agent: Option<PathBuf>, json: bool) -> std::proce
     };
     let mut inner = std::process::Command::new(exe);
     inner.arg(pps_live::INNER_SUBCOMMAND);
-    match pps_live::run(&PpsLiveOptions { flow, agent }, inner) {
+    match pps_live::run(&PpsLiveOptions { flow, agent, no_dhcp }, inner) {
         Ok(Launch::Ran(s)) => {
             use std::io::Write as _;
             let mut out = std::io::stdout();

@@ -13,7 +13,8 @@
 //!    serves DHCP on 10.99.0.0/24 (when dnsmasq and dhclient are installed; Savable needs them),
 //! 4. gives `eth0` its pool lease with `dhclient`, as the image's DHCP client would, through a `dhclient` wrapper
 //!    first on the agent's `PATH` that only ever runs the real one with this sandbox's script (`ip addr` on the
-//!    interface, nothing else: none of the image's hooks) and configuration,
+//!    interface, nothing else: none of the image's hooks) and configuration; without DHCP (`--no-dhcp`, or dnsmasq
+//!    missing: Running only) the image's `dhclient`/`dhcpcd` are hidden under `/dev/null` bind mounts instead,
 //! 5. starts the simulator on 127.0.0.1 with a pool VM (`Running` or `Savable`) whose customer is `web-01`/`alice`,
 //!    assigned 300 ms after the intermediate Ready; the assign hook makes the signal: Running takes the host side
 //!    of the link down and up, Savable deletes `eth0` and hot-attaches `eth1` (the customer's MAC),
@@ -88,6 +89,8 @@ pub struct PpsLiveOptions {
     pub flow: Flow,
     /// The azprov binary; default: next to azprov-sim, then `PATH`.
     pub agent: Option<PathBuf>,
+    /// No DHCP server nor client even when installed (Running only): the renewal after the bounce is skipped.
+    pub no_dhcp: bool,
 }
 
 /// What the inner process gets (JSON in [`OPTIONS_ENV`]).
@@ -208,7 +211,10 @@ pub fn run(opts: &PpsLiveOptions, mut inner: Command) -> Result<Launch, String> 
             return Ok(Launch::Skipped(format!("`{tool}` is not installed")));
         }
     }
-    let dhcp = on_path("dnsmasq").is_some() && on_path("dhclient").is_some();
+    if opts.flow == Flow::Savable && opts.no_dhcp {
+        return Err("Savable cannot run without DHCP: the hot-attached NIC needs its lease".into());
+    }
+    let dhcp = !opts.no_dhcp && on_path("dnsmasq").is_some() && on_path("dhclient").is_some();
     if opts.flow == Flow::Savable && !dhcp {
         return Ok(Launch::Skipped("Savable needs dnsmasq and dhclient (the hot-attached NIC's lease)".into()));
     }
@@ -413,6 +419,18 @@ fn run_flow(opts: &InnerOptions, vm: &VmDefinition, dir: &Path, started: Instant
     };
     let nic = Arc::new(Mutex::new(PoolNic::create(&opts.host_ns, spec)?));
     let dhcp = if opts.dhcp { Some(start_dhcp(&dir.join("dhcp"))?) } else { None };
+    if dhcp.is_none() {
+        // no DHCP in this sandbox: the image's DHCP clients are hidden (not regular files any more), so the agent
+        // finds none and no dhclient-script of the image ever runs
+        for d in std::env::split_paths(SAFE_PATH) {
+            for client in ["dhclient", "dhcpcd"] {
+                let p = d.join(client);
+                if p.is_file() {
+                    live::mount("/dev/null", &p, None, libc::MS_BIND, None)?;
+                }
+            }
+        }
+    }
     let path = match &dhcp {
         Some(d) => format!("{}:{SAFE_PATH}", d.bin.display()),
         None => SAFE_PATH.to_string(),

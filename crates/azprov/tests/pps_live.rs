@@ -11,7 +11,7 @@ use azprov_sim::pps_live::{self, Flow, Launch, PpsLiveOptions, Summary};
 
 /// The outer side runs the flow in new namespaces and answers its summary; the inner side (this test re-executed
 /// under unshare) runs it and answers `None`. `None` too when skipped.
-fn live(flow: Flow, test_name: &str) -> Option<Summary> {
+fn live(flow: Flow, test_name: &str, no_dhcp: bool) -> Option<Summary> {
     if std::env::var_os(pps_live::OPTIONS_ENV).is_some() {
         if let Err(e) = pps_live::inner_from_env() {
             panic!("inner side of {test_name}: {e}");
@@ -20,7 +20,7 @@ fn live(flow: Flow, test_name: &str) -> Option<Summary> {
     }
     let mut inner = Command::new(std::env::current_exe().expect("test executable"));
     inner.args(["--exact", test_name, "--nocapture", "--test-threads=1"]);
-    let opts = PpsLiveOptions { flow, agent: Some(PathBuf::from(env!("CARGO_BIN_EXE_azprov"))) };
+    let opts = PpsLiveOptions { flow, agent: Some(PathBuf::from(env!("CARGO_BIN_EXE_azprov"))), no_dhcp };
     match pps_live::run(&opts, inner) {
         Ok(Launch::Skipped(why)) => {
             eprintln!("skipping {test_name}: {why}");
@@ -49,7 +49,7 @@ fn assert_common(s: &Summary) {
 
 #[test]
 fn running_pool_vm_live() {
-    let Some(s) = live(Flow::Running, "running_pool_vm_live") else { return };
+    let Some(s) = live(Flow::Running, "running_pool_vm_live", false) else { return };
     assert_common(&s);
     let a = s.pps_assignment.as_ref().expect("a pps_assignment step");
     assert_eq!(a.outcome, "done");
@@ -67,11 +67,24 @@ fn running_pool_vm_live() {
 
 #[test]
 fn savable_pool_vm_live() {
-    let Some(s) = live(Flow::Savable, "savable_pool_vm_live") else { return };
+    let Some(s) = live(Flow::Savable, "savable_pool_vm_live", false) else { return };
     assert_common(&s);
     let a = s.pps_assignment.as_ref().expect("a pps_assignment step");
     assert_eq!(a.outcome, "done");
     assert!(a.detail.starts_with("eth0 detached; hot-attached: eth1 (10.99.0."), "{}", a.detail);
     assert!(s.addresses.iter().any(|l| l.starts_with("eth1 10.99.0.")), "{:?}", s.addresses);
     assert!(s.dhcp_acks >= 2, "the pool's lease and the hot-attached NIC's");
+}
+
+#[test]
+fn running_pool_vm_live_without_dhcp() {
+    let Some(s) = live(Flow::Running, "running_pool_vm_live_without_dhcp", true) else { return };
+    assert_common(&s);
+    assert!(!s.dhcp);
+    let a = s.pps_assignment.as_ref().expect("a pps_assignment step");
+    assert!(a.outcome == "done" && a.detail.starts_with("eth0 went down (event"), "{a:?}");
+    // no DHCP client in this sandbox: nothing renewed, nothing failed
+    let d = s.pps_dhcp.as_ref().expect("a pps_dhcp step");
+    assert_eq!(d.outcome, "skipped", "{}", d.detail);
+    assert!(d.detail.contains("no DHCP client found"), "{}", d.detail);
 }
