@@ -319,6 +319,21 @@ const DHCLIENT_SCRIPT: &str = "#!/bin/sh\ncase \"$reason\" in\n\
   BOUND|RENEW|REBIND|REBOOT) ip -4 addr flush dev \"$interface\"; ip addr add \"$new_ip_address/24\" dev \"$interface\" ;;\n\
   EXPIRE|FAIL|RELEASE|STOP) ip -4 addr flush dev \"$interface\" ;;\nesac\nexit 0\n";
 
+/// The `dhclient` first on the agent's `PATH`: every dhclient runs with the sandbox's `script` (one with another
+/// script is refused) and, unless it names one, the sandbox's configuration `conf`.
+fn dhclient_wrapper(script: &Path, conf: &Path, real: &Path) -> String {
+    format!(
+        "#!/bin/sh\n# azprov-sim pps-live: dhclient only with the sandbox's script\n\
+         case \" $* \" in\n  *\" -sf {s} \"*) ;;\n  *\" -sf \"*) echo \"refusing dhclient with another script: $*\" >&2; exit 99 ;;\n\
+         \x20 *) set -- -sf '{s}' \"$@\" ;;\nesac\n\
+         case \" $* \" in\n  *\" -cf \"*) ;;\n  *) set -- -cf '{c}' \"$@\" ;;\nesac\n\
+         exec '{real}' \"$@\"\n",
+        s = script.display(),
+        c = conf.display(),
+        real = real.display()
+    )
+}
+
 fn start_dhcp(dir: &Path) -> Result<Dhcp, String> {
     live::mkdir(dir, 0o700)?;
     let real = on_path("dhclient").ok_or("dhclient is not installed")?;
@@ -328,17 +343,7 @@ fn start_dhcp(dir: &Path) -> Result<Dhcp, String> {
     live::write(&conf, b"timeout 15;\ninitial-interval 1;\n", 0o644)?;
     let bin = dir.join("bin");
     live::mkdir(&bin, 0o755)?;
-    // every dhclient the agent starts runs with this sandbox's script (and configuration, unless it names one)
-    let wrapper = format!(
-        "#!/bin/sh\n# azprov-sim pps-live: dhclient only with the sandbox's script\n\
-         case \" $* \" in\n  *\" -sf {s} \"*) ;;\n  *\" -sf \"*) echo \"refusing dhclient with another script: $*\" >&2; exit 99 ;;\n\
-         \x20 *) set -- -sf {s} \"$@\" ;;\nesac\n\
-         case \" $* \" in\n  *\" -cf \"*) ;;\n  *) set -- -cf {c} \"$@\" ;;\nesac\n\
-         exec {real} \"$@\"\n",
-        s = script.display(),
-        c = conf.display(),
-        real = real.display()
-    );
+    let wrapper = dhclient_wrapper(&script, &conf, &real);
     live::write(&bin.join("dhclient"), wrapper.as_bytes(), 0o755)?;
     sh("ip", &["-n", HOST_NS, "addr", "add", SERVER_ADDR, "dev", BRIDGE])?;
     let log = dir.join("dnsmasq.log");
@@ -672,6 +677,28 @@ mod tests {
         );
         let c = pool_vm(Flow::Running).customer_definition().unwrap();
         assert_eq!(c.mac_address, POOL_MAC, "Running keeps the NIC");
+    }
+
+    #[test]
+    fn the_dhclient_wrapper_forces_the_sandbox_script() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let real = t.path().join("real");
+        fs::write(&real, "#!/bin/sh\necho \"$@\"\n").unwrap();
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o755)).unwrap();
+        let w = t.path().join("dhclient");
+        fs::write(&w, dhclient_wrapper(Path::new("/s/script"), Path::new("/s/conf"), &real)).unwrap();
+        fs::set_permissions(&w, fs::Permissions::from_mode(0o755)).unwrap();
+        let run = |args: &[&str]| {
+            let o = Command::new(&w).args(args).output().unwrap();
+            (o.status.code(), String::from_utf8_lossy(&o.stdout).trim().to_string())
+        };
+        assert_eq!(run(&["-1", "eth0"]), (Some(0), "-cf /s/conf -sf /s/script -1 eth0".into()));
+        assert_eq!(
+            run(&["-x", "-cf", "/c", "-sf", "/s/script", "eth0"]),
+            (Some(0), "-x -cf /c -sf /s/script eth0".into())
+        );
+        assert_eq!(run(&["-sf", "/sbin/dhclient-script", "eth0"]).0, Some(99));
     }
 
     #[test]
