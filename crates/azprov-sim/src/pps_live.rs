@@ -14,7 +14,8 @@
 //! 4. gives `eth0` its pool lease with `dhclient`, as the image's DHCP client would, through a `dhclient` wrapper
 //!    first on the agent's `PATH` that only ever runs the real one with this sandbox's script (`ip addr` on the
 //!    interface, nothing else: none of the image's hooks) and configuration; without DHCP (`--no-dhcp`, or dnsmasq
-//!    missing: Running only) the image's `dhclient`/`dhcpcd` are hidden under `/dev/null` bind mounts instead,
+//!    missing: Running only) the image's `dhclient` is hidden under a `/dev/null` bind mount instead (`dhcpcd`
+//!    always),
 //! 5. starts the simulator on 127.0.0.1 with a pool VM (`Running` or `Savable`) whose customer is `web-01`/`alice`,
 //!    assigned 300 ms after the intermediate Ready; the assign hook makes the signal: Running takes the host side
 //!    of the link down and up, Savable deletes `eth0` and hot-attaches `eth1` (the customer's MAC),
@@ -424,15 +425,15 @@ fn run_flow(opts: &InnerOptions, vm: &VmDefinition, dir: &Path, started: Instant
     };
     let nic = Arc::new(Mutex::new(PoolNic::create(&opts.host_ns, spec)?));
     let dhcp = if opts.dhcp { Some(start_dhcp(&dir.join("dhcp"))?) } else { None };
-    if dhcp.is_none() {
-        // no DHCP in this sandbox: the image's DHCP clients are hidden (not regular files any more), so the agent
-        // finds none and no dhclient-script of the image ever runs
-        for d in std::env::split_paths(SAFE_PATH) {
-            for client in ["dhclient", "dhcpcd"] {
-                let p = d.join(client);
-                if p.is_file() {
-                    live::mount("/dev/null", &p, None, libc::MS_BIND, None)?;
-                }
+    // the image's DHCP clients the sandbox does not drive are hidden (no longer regular files: the agent finds none
+    // and none of the image's hook scripts ever runs): dhcpcd always, dhclient without DHCP (with DHCP the wrapper
+    // first on the agent's PATH runs it with the sandbox's script)
+    let hidden: &[&str] = if dhcp.is_some() { &["dhcpcd"] } else { &["dhclient", "dhcpcd"] };
+    for d in std::env::split_paths(SAFE_PATH) {
+        for client in hidden {
+            let p = d.join(client);
+            if p.is_file() {
+                live::mount("/dev/null", &p, None, libc::MS_BIND, None)?;
             }
         }
     }
