@@ -10,6 +10,7 @@ pub mod faults;
 pub mod links;
 pub mod live;
 pub mod ovf;
+pub mod pps_live;
 pub mod sandbox;
 pub mod server;
 pub mod vm;

@@ -32,6 +32,9 @@ pub struct NicSpec {
     pub host_ns: String,
     /// The agent interface's MAC, `00:0d:3a:…` or 12 hex digits (the VM definition's `mac_address`).
     pub mac: String,
+    /// A bridge in the host namespace (made by [`PoolNic::create`]) that every host-side end joins, e.g. for a DHCP
+    /// server on it; `None`: the host-side ends stay unconnected.
+    pub bridge: Option<String>,
 }
 
 impl Default for NicSpec {
@@ -41,6 +44,7 @@ impl Default for NicSpec {
             peer_if: "azpps0h".into(),
             host_ns: "azpps-host".into(),
             mac: "60:45:bd:a1:b2:c3".into(),
+            bridge: None,
         }
     }
 }
@@ -102,6 +106,11 @@ impl PoolNic {
         let mac = mac_with_colons(&s.mac);
         ip(&["link", "add", &s.agent_if, "address", &mac, "type", "veth", "peer", "name", &s.peer_if])?;
         ip(&["link", "set", &s.peer_if, "netns", &s.host_ns])?;
+        if let Some(br) = &s.bridge {
+            ip(&["-n", &s.host_ns, "link", "add", br, "type", "bridge", "forward_delay", "0"])?;
+            ip(&["-n", &s.host_ns, "link", "set", br, "up"])?;
+            ip(&["-n", &s.host_ns, "link", "set", &s.peer_if, "master", br])?;
+        }
         ip(&["-n", &s.host_ns, "link", "set", &s.peer_if, "up"])?;
         ip(&["link", "set", &s.agent_if, "up"])?;
         Ok(nic)
@@ -127,7 +136,8 @@ impl PoolNic {
 
     /// Savable: deletes the agent's NIC (its peer goes with it), waits `gap`, then hot-attaches a new one: a veth
     /// pair made in the host namespace whose end `new_if` (MAC `new_mac`) moves into this namespace, down. The host
-    /// side stays up, so the NIC has a carrier as soon as the agent brings it up.
+    /// side (a port of the bridge, when there is one) stays up, so the NIC has a carrier as soon as the agent brings
+    /// it up.
     pub fn hot_swap(&mut self, new_if: &str, new_mac: &str, gap: Duration) -> Result<(), String> {
         check_private_netns(&self.host_net_ns)?;
         ip(&["link", "del", &self.spec.agent_if])?;
@@ -136,6 +146,9 @@ impl PoolNic {
         let peer = format!("{}h", new_if.chars().take(13).collect::<String>());
         let mac = mac_with_colons(new_mac);
         ip(&["-n", &ns, "link", "add", new_if, "address", &mac, "type", "veth", "peer", "name", &peer])?;
+        if let Some(br) = &self.spec.bridge {
+            ip(&["-n", &ns, "link", "set", &peer, "master", br])?;
+        }
         ip(&["-n", &ns, "link", "set", &peer, "up"])?;
         // `ip -n NS` runs in NS; the pid names this process's (the agent's) namespace
         let pid = std::process::id().to_string();

@@ -32,7 +32,7 @@ pub const INNER_SUBCOMMAND: &str = "__live-bench";
 
 pub const MODE_LABEL: &str = "live (namespace sandbox)";
 
-const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const NAMESPACES: [&str; 3] = ["mnt", "uts", "net"];
 /// The directories the agent writes to, each covered by an overlay.
 const OVERLAID: [&str; 3] = ["/etc", "/home", "/var"];
@@ -58,8 +58,13 @@ pub struct InnerOptions {
 
 /// `mnt:[4026531840],uts:[…],net:[…]` of this process.
 pub fn namespace_ids() -> Result<String, String> {
+    namespace_ids_of(&NAMESPACES)
+}
+
+/// The ids of the namespaces `names` (`mnt`, `uts`, `net`, `pid`…) of this process, `mnt:[…],uts:[…]`.
+pub fn namespace_ids_of(names: &[&str]) -> Result<String, String> {
     let mut v = Vec::new();
-    for ns in NAMESPACES {
+    for ns in names {
         let link = fs::read_link(format!("/proc/self/ns/{ns}")).map_err(|e| format!("/proc/self/ns/{ns}: {e}"))?;
         v.push(link.display().to_string());
     }
@@ -124,7 +129,7 @@ fn cstr(s: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("NUL in {s:?}"))
 }
 
-fn mount(
+pub(crate) fn mount(
     src: &str,
     target: &Path,
     fstype: Option<&str>,
@@ -156,7 +161,7 @@ fn mount(
     Ok(())
 }
 
-fn umount(target: &Path) -> Result<(), String> {
+pub(crate) fn umount(target: &Path) -> Result<(), String> {
     let c = cstr(&target.display().to_string())?;
     // SAFETY: valid NUL-terminated path.
     if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
@@ -170,7 +175,7 @@ fn umount(target: &Path) -> Result<(), String> {
     Err(format!("umount {}: {}", target.display(), std::io::Error::last_os_error()))
 }
 
-fn hostname() -> Result<Vec<u8>, String> {
+pub(crate) fn hostname() -> Result<Vec<u8>, String> {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length.
     if unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) } != 0 {
@@ -180,7 +185,7 @@ fn hostname() -> Result<Vec<u8>, String> {
     Ok(buf[..n].to_vec())
 }
 
-fn set_hostname(name: &[u8]) -> Result<(), String> {
+pub(crate) fn set_hostname(name: &[u8]) -> Result<(), String> {
     // SAFETY: pointer and length describe `name`.
     if unsafe { libc::sethostname(name.as_ptr() as *const libc::c_char, name.len()) } != 0 {
         return Err(format!("sethostname: {}", std::io::Error::last_os_error()));
@@ -190,9 +195,15 @@ fn set_hostname(name: &[u8]) -> Result<(), String> {
 
 /// Refuse to touch anything unless all three namespaces are new.
 fn check_namespaces(host_ns: &str) -> Result<(), String> {
-    let here = namespace_ids()?;
+    check_namespaces_of(host_ns, &NAMESPACES)
+}
+
+/// Refuse to touch anything unless every namespace of `names` differs from the outer process's (`host_ns`, from
+/// [`namespace_ids_of`] with the same names).
+pub(crate) fn check_namespaces_of(host_ns: &str, names: &[&str]) -> Result<(), String> {
+    let here = namespace_ids_of(names)?;
     let host: Vec<&str> = host_ns.split(',').collect();
-    if host.len() != NAMESPACES.len() {
+    if host.len() != names.len() {
         return Err(format!("bad --host-ns {host_ns:?}"));
     }
     for (h, o) in here.split(',').zip(host) {
@@ -203,7 +214,7 @@ fn check_namespaces(host_ns: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
+pub(crate) fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
     let e = |e: std::io::Error| format!("{}: {e}", path.display());
     if let Some(d) = path.parent() {
         fs::create_dir_all(d).map_err(e)?;
@@ -212,15 +223,15 @@ fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(e)
 }
 
-fn mkdir(path: &Path, mode: u32) -> Result<(), String> {
+pub(crate) fn mkdir(path: &Path, mode: u32) -> Result<(), String> {
     let e = |e: std::io::Error| format!("{}: {e}", path.display());
     fs::create_dir_all(path).map_err(e)?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(e)
 }
 
 /// One run's mounts; unmounted (reverse order) and their layers removed on drop.
-struct RunMounts {
-    dir: PathBuf,
+pub(crate) struct RunMounts {
+    pub(crate) dir: PathBuf,
     mounted: Vec<PathBuf>,
 }
 
@@ -256,7 +267,7 @@ fn seed_etc(upper: &Path) -> Result<(), String> {
 }
 
 /// Fresh overlays over /etc, /home, /var and a tmpfs on /run.
-fn mount_run(scratch: &Path, i: usize) -> Result<RunMounts, String> {
+pub(crate) fn mount_run(scratch: &Path, i: usize) -> Result<RunMounts, String> {
     let dir = scratch.join(format!("run-{i}"));
     let mut m = RunMounts { dir: dir.clone(), mounted: Vec::new() };
     for target in OVERLAID {
@@ -276,30 +287,48 @@ fn mount_run(scratch: &Path, i: usize) -> Result<RunMounts, String> {
     Ok(m)
 }
 
-/// Inner side: runs inside the new namespaces (see the module comment).
-pub fn inner(opts: InnerOptions, out: &mut dyn Write) -> Result<(), String> {
-    check_namespaces(&opts.host_ns)?;
+/// Inside checked private namespaces: makes every mount private, brings `lo` up, mounts a tmpfs on `scratch` and
+/// gives the machine `vm`'s identity: fake `/sys/class` (DMI + a non-CD-ROM disk, no drive) and `/sys/firmware`
+/// (efi when gen2), `/proc/sys/dev/cdrom/info` hidden. `net_class`: first a fresh sysfs of this network namespace
+/// on `/sys`, its `class/net` kept visible in the fake `/sys/class` (the namespace's own links, as on a VM).
+pub(crate) fn isolate(scratch: &Path, vm: &VmDefinition, net_class: bool) -> Result<(), String> {
     // nothing mounted from here on may propagate to the host, whatever unshare did
     mount("none", Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)?;
     let lo = Command::new("ip").args(["link", "set", "lo", "up"]).output().map_err(|e| format!("ip: {e}"))?;
     if !lo.status.success() {
         return Err(format!("ip link set lo up: {}", String::from_utf8_lossy(&lo.stderr).trim()));
     }
-    let scratch = &opts.scratch;
     mount("tmpfs", scratch, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=0700"))?;
 
-    // the VM identity: fake /sys/class (DMI + a non-CD-ROM disk, no drive) and /sys/firmware (efi when gen2)
-    let vm = VmDefinition::default();
     let ident = scratch.join("identity");
     let uuid = vm.product_uuid();
     let spec = SandboxSpec { product_uuid: &uuid, gen2: vm.gen2, azure: true, dvd: None, empty_drive: false };
     sandbox::prepare(&ident, &spec).map_err(|e| format!("{}: {e}", ident.display()))?;
     mkdir(&ident.join("sys/firmware"), 0o755)?;
-    mount(&ident.join("sys/class").display().to_string(), Path::new("/sys/class"), None, libc::MS_BIND, None)?;
+    if net_class {
+        // a sysfs mounted in this network namespace shows its links (class/net and devices/virtual/net)
+        mount("sysfs", Path::new("/sys"), Some("sysfs"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)?;
+        let net = scratch.join("sysfs-net");
+        mkdir(&net, 0o755)?;
+        mount("/sys/class/net", &net, None, libc::MS_BIND, None)?;
+        mkdir(&ident.join("sys/class/net"), 0o755)?;
+        mount(&net.display().to_string(), &ident.join("sys/class/net"), None, libc::MS_BIND, None)?;
+    }
+    let rec = if net_class { libc::MS_REC } else { 0 };
+    mount(&ident.join("sys/class").display().to_string(), Path::new("/sys/class"), None, libc::MS_BIND | rec, None)?;
     mount(&ident.join("sys/firmware").display().to_string(), Path::new("/sys/firmware"), None, libc::MS_BIND, None)?;
     if Path::new("/proc/sys/dev/cdrom/info").exists() {
         mount("/dev/null", Path::new("/proc/sys/dev/cdrom/info"), None, libc::MS_BIND, None)?;
     }
+    Ok(())
+}
+
+/// Inner side: runs inside the new namespaces (see the module comment).
+pub fn inner(opts: InnerOptions, out: &mut dyn Write) -> Result<(), String> {
+    check_namespaces(&opts.host_ns)?;
+    let vm = VmDefinition::default();
+    isolate(&opts.scratch, &vm, false)?;
+    let scratch = &opts.scratch;
 
     let original_hostname = hostname()?;
     let mut samples = Samples::default();

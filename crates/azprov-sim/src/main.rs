@@ -93,6 +93,26 @@ enum Command {
         #[arg(long)]
         live: bool,
     },
+    /// Run a pre-provisioned pool VM LIVE (root `/`, real netlink link signals, DHCP from dnsmasq) inside a throwaway
+    /// mount+UTS+network+PID namespace sandbox, and check it: intermediate Ready, the link signal, reprovisiondata,
+    /// the customer's user and host name, final Ready. Needs root, util-linux unshare and iproute2 (Savable also
+    /// dnsmasq and dhclient). Exit 0: every check passed; 1: a check failed; 77: skipped (prerequisite missing).
+    PpsLive {
+        #[arg(long = "type", value_enum)]
+        pps_type: PpsType,
+        /// The azprov binary; default: next to azprov-sim, then PATH.
+        #[arg(long, value_name = "PATH")]
+        agent: Option<PathBuf>,
+        /// Print only the JSON summary.
+        #[arg(long)]
+        json: bool,
+        /// Running only: no DHCP server nor client (the lease renewal after the bounce is skipped).
+        #[arg(long)]
+        no_dhcp: bool,
+    },
+    /// Internal: the inside of `pps-live`, run under unshare (options in the environment).
+    #[command(name = "__pps-live", hide = true)]
+    PpsLiveInner,
     /// Internal: the inside of `bench --live`, run under unshare.
     #[command(name = "__live-bench", hide = true)]
     LiveBenchInner {
@@ -108,6 +128,15 @@ enum Command {
         host_ns: String,
     },
 }
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PpsType {
+    Running,
+    Savable,
+}
+
+/// `pps-live`'s exit code when a prerequisite is missing (the automake convention for a skipped test).
+const EXIT_SKIPPED: u8 = 77;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Layout {
@@ -133,11 +162,56 @@ fn load_vm_or_customer(path: &Path, customer: bool) -> Result<VmDefinition> {
 }
 
 fn main() -> std::process::ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Command::PpsLive { pps_type, agent, json, no_dhcp } = &cli.command {
+        return pps_live(*pps_type, agent.clone(), *json, *no_dhcp);
+    }
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("azprov-sim: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn pps_live(pps_type: PpsType, agent: Option<PathBuf>, json: bool, no_dhcp: bool) -> std::process::ExitCode {
+    use azprov_sim::pps_live::{self, Flow, Launch, PpsLiveOptions};
+    use std::process::ExitCode;
+    let flow = match pps_type {
+        PpsType::Running => Flow::Running,
+        PpsType::Savable => Flow::Savable,
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("azprov-sim: locating the azprov-sim executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut inner = std::process::Command::new(exe);
+    inner.arg(pps_live::INNER_SUBCOMMAND);
+    match pps_live::run(&PpsLiveOptions { flow, agent, no_dhcp }, inner) {
+        Ok(Launch::Ran(s)) => {
+            use std::io::Write as _;
+            let mut out = std::io::stdout();
+            if !json {
+                let _ = write!(out, "{}", s.human());
+            }
+            let _ = writeln!(out, "{}", serde_json::to_string(&s).unwrap_or_default());
+            if s.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Ok(Launch::Skipped(why)) => {
+            eprintln!("azprov-sim pps-live skipped: {why}");
+            ExitCode::from(EXIT_SKIPPED)
+        }
+        Err(e) => {
+            eprintln!("azprov-sim: pps-live: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -205,6 +279,13 @@ fn run(cli: Cli) -> Result<()> {
             let sim_exe = std::env::current_exe().context("locating the azprov-sim executable")?;
             let opts = azprov_sim::live::LiveOptions { agent, runs, warmup, sim_exe };
             azprov_sim::live::run(opts, &mut std::io::stdout()).map_err(anyhow::Error::msg)?;
+        }
+        // handled in main
+        Command::PpsLive { .. } => {}
+        Command::PpsLiveInner => {
+            if azprov_sim::pps_live::inner_from_env().map_err(anyhow::Error::msg)?.is_none() {
+                bail!("{} is not set: run `azprov-sim pps-live`", azprov_sim::pps_live::OPTIONS_ENV);
+            }
         }
         Command::LiveBenchInner { agent, runs, warmup, scratch, host_ns } => {
             let opts = azprov_sim::live::InnerOptions { agent, runs, warmup, scratch, host_ns };

@@ -239,8 +239,17 @@ fn network_manager(sys: &dyn System, name: &str) -> Outcome {
 fn dhclient(sys: &dyn System, name: &str, procs: &[DhclientProc]) -> Outcome {
     const M: &str = "dhclient";
     let mut done = Vec::new();
+    // the kernel's links, when they can be read: a client whose interfaces are all gone is not restarted
+    let present: Option<Vec<String>> = sys.links().ok().map(|l| l.into_iter().map(|l| l.name).collect());
     for p in procs {
         let ifs = p.interfaces();
+        if let Some(present) = &present {
+            if !ifs.is_empty() && !ifs.iter().any(|i| present.contains(i)) {
+                // e.g. a pre-provisioned (Savable) VM's pool NIC, detached; its client outlived it
+                done.push(format!("pid {} serves {} (no longer present): not restarted", p.pid, ifs.join(",")));
+                continue;
+            }
+        }
         if p.args.iter().any(|a| a == "-d") {
             // a foreground dhclient belongs to a service manager: restarting it here would take it from its manager
             done.push(format!("pid {} runs in the foreground (-d) under a service manager: not restarted", p.pid));
@@ -586,6 +595,31 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(sys.commands().is_empty());
+    }
+
+    #[test]
+    fn dhclient_of_a_vanished_interface_is_not_restarted() {
+        // a Savable pool VM: the pool NIC's client outlived its NIC; the hot-attached NIC has its own client
+        let (_d, sys) = sandbox(&[
+            ("/run/dhclient.eth0.pid", "4242\n"),
+            ("/proc/4242/cmdline", CMDLINE),
+            ("/run/dhclient.eth1.pid", "4343\n"),
+            ("/proc/4343/cmdline", "dhclient\0-1\0-4\0-pf\0/run/dhclient.eth1.pid\0eth1\0"),
+        ]);
+        let link = |index: u32, name: &str| crate::system::Link { index, name: name.into(), ..Default::default() };
+        sys.set_links(vec![link(1, "lo"), link(3, "eth1")]);
+        sys.script("dhclient", ok(""));
+        match publish(&sys, "vm1") {
+            Outcome::Done(d) => {
+                assert!(d.contains("pid 4242 serves eth0 (no longer present): not restarted"), "{d}");
+                assert!(d.contains("dhclient eth1 restarted without release"), "{d}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            argvs(&sys),
+            ["dhclient -x -4 -pf /run/dhclient.eth1.pid eth1", "dhclient -4 -pf /run/dhclient.eth1.pid eth1"]
+        );
     }
 
     #[test]
