@@ -59,3 +59,111 @@ pub fn sandbox(files: &[(&str, &str)]) -> (tempfile::TempDir, crate::system::rec
     let sys = crate::system::record::RecordingSystem::new(d.path());
     (d, sys)
 }
+
+/// Run a command (argv) and assert it succeeded: network namespace set-up in the live tests.
+pub fn sh(args: &[&str]) {
+    let out = std::process::Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A DHCP server for the live tests: dnsmasq in the network namespace `netns` on `iface`, leasing
+/// 10.99.0.50–60/24, logging every DHCP message to `dir/dnsmasq.log`, killed when dropped.
+pub struct Dnsmasq(std::process::Child);
+
+impl Dnsmasq {
+    pub fn start(netns: &str, iface: &str, dir: &std::path::Path) -> Dnsmasq {
+        let f = |n: &str| dir.join(n).display().to_string();
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", netns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0"])
+            .arg(format!("--interface={iface}"))
+            .args(["--bind-interfaces", "--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,1h"])
+            .args(["--log-dhcp", "--user=root"])
+            .arg(format!("--log-facility={}", f("dnsmasq.log")))
+            .arg(format!("--dhcp-leasefile={}", f("dnsmasq.leases")))
+            .arg(format!("--pid-file={}", f("dnsmasq.pid")))
+            .spawn()
+            .expect("dnsmasq");
+        Dnsmasq(child)
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// This process's `net mnt uts pid` namespace ids, to prove a child runs in fresh ones.
+pub fn namespace_ids() -> String {
+    ["net", "mnt", "uts", "pid"]
+        .iter()
+        .map(|n| std::fs::read_link(format!("/proc/self/ns/{n}")).map(|p| p.display().to_string()).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Re-run the unit test `test_path` (e.g. `duties::pps_network::tests::x`) inside `unshare --pid --net --mount
+/// --uts`: links, namespaces, `/run` (a tmpfs) and every process started (they die with the pid namespace) stay
+/// there. `child_env` tells the child it is the child (and carries our namespace ids); the child prints
+/// `ok_marker` when its checks ran. `None` (with a printed reason) when skipped: not root, a tool missing, or no
+/// namespaces to be had; with `AZPROV_REQUIRE_SHARED=1` a missing `tools` entry fails instead.
+pub fn rerun_in_namespaces(
+    test_path: &str,
+    child_env: &str,
+    tools: &[&str],
+    env: &[(&str, String)],
+    ok_marker: &str,
+) -> Option<String> {
+    use crate::system::System as _;
+    let name = test_path.rsplit("::").next().unwrap_or(test_path);
+    let required = std::env::var("AZPROV_REQUIRE_SHARED").as_deref() == Ok("1");
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping {name}: needs root for namespaces");
+        return None;
+    }
+    let host = crate::system::RealSystem::new("/");
+    for prog in ["unshare", "ip", "mount"].iter().chain(tools) {
+        if !host.has_program(prog) {
+            // .ci/run installs the tools (dnsmasq-base, isc-dhcp-client)
+            assert!(!required || !tools.contains(prog), "{name}: {prog} is not installed (AZPROV_REQUIRE_SHARED=1)");
+            eprintln!("skipping {name}: {prog} is not installed");
+            return None;
+        }
+    }
+    let exe = std::env::current_exe().expect("test executable");
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "--net", "--mount", "--uts", "--kill-child", "--"])
+        .arg(exe)
+        .args(["--exact", test_path, "--nocapture", "--test-threads=1"])
+        .env(child_env, namespace_ids());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("unshare");
+    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() && text.contains("azprov-netns-unavailable") && !required {
+        eprintln!("skipping {name}: {text}");
+        return None;
+    }
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(ok_marker), "the child did not run the checks:\n{text}");
+    Some(text)
+}
+
+/// In the child of [`rerun_in_namespaces`]: refuse unless in namespaces other than the parent's, make every mount
+/// private, mount a tmpfs on `/run` and bring `lo` up. False (after printing why) when that cannot be had.
+pub fn enter_child_namespaces(child_env: &str) -> bool {
+    let parent = std::env::var(child_env).unwrap_or_default();
+    let own = namespace_ids();
+    assert!(!parent.is_empty(), "no parent namespaces; refusing");
+    assert!(own.split(' ').zip(parent.split(' ')).all(|(a, b)| a != b), "not in fresh namespaces: {own} vs {parent}");
+    let private = std::process::Command::new("mount").args(["--make-rprivate", "/"]).status();
+    let run = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs", "/run"]).status();
+    if !matches!(private, Ok(s) if s.success()) || !matches!(run, Ok(s) if s.success()) {
+        println!("azprov-netns-unavailable: cannot mount a private /run");
+        return false;
+    }
+    sh(&["ip", "link", "set", "lo", "up"]);
+    true
+}

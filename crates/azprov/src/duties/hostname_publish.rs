@@ -671,65 +671,22 @@ mod tests {
             publish_child();
             return;
         }
-        let required = std::env::var("AZPROV_REQUIRE_SHARED").as_deref() == Ok("1");
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipping root_netns_publish_dhclient: needs root for namespaces");
-            return;
-        }
-        let host = crate::system::RealSystem::new("/");
-        for prog in ["unshare", "ip", "mount", "dnsmasq", "dhclient"] {
-            if !host.has_program(prog) {
-                // .ci/run installs dnsmasq-base and isc-dhcp-client
-                assert!(!required, "root_netns_publish_dhclient: {prog} is not installed (AZPROV_REQUIRE_SHARED=1)");
-                eprintln!("skipping root_netns_publish_dhclient: {prog} is not installed");
-                return;
-            }
-        }
-        let exe = std::env::current_exe().unwrap();
-        let out = std::process::Command::new("unshare")
-            .args(["--pid", "--fork", "--mount-proc", "--net", "--mount", "--uts", "--kill-child", "--"])
-            .arg(exe)
-            .args([
-                "--exact",
-                "duties::hostname_publish::tests::root_netns_publish_dhclient",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, namespaces())
-            .output()
-            .unwrap();
-        let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        if !out.status.success() && text.contains("azprov-netns-unavailable") && !required {
-            eprintln!("skipping root_netns_publish_dhclient: {text}");
-            return;
-        }
-        assert!(out.status.success(), "{text}");
-        assert!(text.contains("azprov-publish-child-ok"), "the child did not run the checks:\n{text}");
+        crate::testutil::rerun_in_namespaces(
+            "duties::hostname_publish::tests::root_netns_publish_dhclient",
+            CHILD_ENV,
+            &["dnsmasq", "dhclient"],
+            &[],
+            "azprov-publish-child-ok",
+        );
     }
 
-    fn namespaces() -> String {
-        ["net", "mnt", "uts", "pid"]
-            .iter()
-            .map(|n| {
-                std::fs::read_link(format!("/proc/self/ns/{n}")).map(|p| p.display().to_string()).unwrap_or_default()
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
+    use crate::testutil::sh;
 
-    fn sh(args: &[&str]) {
-        let out = std::process::Command::new(args[0]).args(&args[1..]).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    /// Kills the DHCP server and removes its namespace, whatever happens.
-    struct Guard(Option<std::process::Child>);
+    /// Stops the DHCP server, then removes its namespace, whatever happens.
+    struct Guard(Option<crate::testutil::Dnsmasq>);
     impl Drop for Guard {
         fn drop(&mut self) {
-            if let Some(c) = self.0.as_mut() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+            self.0.take();
             let _ = std::process::Command::new("ip").args(["netns", "del", "azpsrv"]).status();
         }
     }
@@ -744,22 +701,11 @@ mod tests {
 
     fn publish_child() {
         // only ever inside the namespaces unshare made: the parent passed its own namespace ids
-        let parent = std::env::var(CHILD_ENV).unwrap();
-        let own = namespaces();
-        assert!(!parent.is_empty(), "no parent namespaces; refusing");
-        assert!(
-            own.split(' ').zip(parent.split(' ')).all(|(a, b)| a != b),
-            "not in fresh namespaces: {own} vs {parent}"
-        );
-        let private = std::process::Command::new("mount").args(["--make-rprivate", "/"]).status();
-        let run = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs", "/run"]).status();
-        if !matches!(private, Ok(s) if s.success()) || !matches!(run, Ok(s) if s.success()) {
-            println!("azprov-netns-unavailable: cannot mount a private /run");
+        if !crate::testutil::enter_child_namespaces(CHILD_ENV) {
             return;
         }
         let t = tempfile::tempdir().unwrap();
         let tp = |n: &str| t.path().join(n).display().to_string();
-        sh(&["ip", "link", "set", "lo", "up"]);
         sh(&["ip", "netns", "add", "azpsrv"]);
         let mut guard = Guard(None);
         sh(&["ip", "link", "add", "azp1", "type", "veth", "peer", "name", "azp0"]);
@@ -768,25 +714,7 @@ mod tests {
         sh(&["ip", "netns", "exec", "azpsrv", "ip", "link", "set", "azp0", "up"]);
         sh(&["ip", "link", "set", "azp1", "up"]);
         let log = t.path().join("dnsmasq.log");
-        guard.0 = Some(
-            std::process::Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    "azpsrv",
-                    "dnsmasq",
-                    "--keep-in-foreground",
-                    "--conf-file=/dev/null",
-                    "--port=0",
-                ])
-                .args(["--interface=azp0", "--bind-interfaces", "--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,1h"])
-                .args(["--log-dhcp", "--user=root"])
-                .arg(format!("--log-facility={}", log.display()))
-                .arg(format!("--dhcp-leasefile={}", tp("dnsmasq.leases")))
-                .arg(format!("--pid-file={}", tp("dnsmasq.pid")))
-                .spawn()
-                .unwrap(),
-        );
+        guard.0 = Some(crate::testutil::Dnsmasq::start("azpsrv", "azp0", t.path()));
         let sys = crate::system::RealSystem::new("/");
         assert!(sys.set_kernel_hostname("azp-old-name").unwrap());
         // the image's client: no `send host-name` yet, no script (nothing configured), files in the temp dir

@@ -1285,77 +1285,24 @@ mod tests {
     /// The script every test dhclient runs (the image's dhclient-script could touch this machine's resolver).
     const SCRIPT_ENV: &str = "AZPROV_PPS_DHCLIENT_SCRIPT";
 
-    /// Re-run test `name` inside `unshare --pid --net --mount --uts`: links, the server's namespace, `/run` (a
-    /// tmpfs) and every process started (all die with the pid namespace) stay there. `None` when skipped.
+    /// Re-run test `name` in fresh namespaces (see [`crate::testutil::rerun_in_namespaces`]). `None` when skipped.
     fn in_namespaces(name: &str, tools: &[&str], env: &[(&str, String)]) -> Option<String> {
-        let required = std::env::var("AZPROV_REQUIRE_SHARED").as_deref() == Ok("1");
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipping {name}: needs root for namespaces");
-            return None;
-        }
-        let host = RealSystem::new("/");
-        for prog in ["unshare", "ip", "mount"].iter().chain(tools) {
-            if !host.has_program(prog) {
-                assert!(!required || ["unshare", "ip", "mount"].contains(prog), "{name}: {prog} is not installed");
-                eprintln!("skipping {name}: {prog} is not installed");
-                return None;
-            }
-        }
-        let exe = std::env::current_exe().unwrap();
-        let mut cmd = std::process::Command::new("unshare");
-        cmd.args(["--pid", "--fork", "--mount-proc", "--net", "--mount", "--uts", "--kill-child", "--"])
-            .arg(exe)
-            .args(["--exact", &format!("duties::pps_network::tests::{name}"), "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, namespaces());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().unwrap();
-        let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        if !out.status.success() && text.contains("azprov-netns-unavailable") && !required {
-            eprintln!("skipping {name}: {text}");
-            return None;
-        }
-        assert!(out.status.success(), "{text}");
-        assert!(text.contains("azprov-pps-child-ok"), "the child did not run the checks:\n{text}");
+        let path = format!("duties::pps_network::tests::{name}");
+        let text = crate::testutil::rerun_in_namespaces(&path, CHILD_ENV, tools, env, "azprov-pps-child-ok")?;
         println!("{text}");
         Some(text)
     }
 
-    fn namespaces() -> String {
-        ["net", "mnt", "uts", "pid"]
-            .iter()
-            .map(|n| {
-                std::fs::read_link(format!("/proc/self/ns/{n}")).map(|p| p.display().to_string()).unwrap_or_default()
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-
-    /// In the child: refuse unless in fresh namespaces; a private `/run`. False when that cannot be had.
+    /// In the child: fresh namespaces, a private `/run`, and the DHCP server's namespace.
     fn child_setup() -> bool {
-        let parent = std::env::var(CHILD_ENV).unwrap();
-        let own = namespaces();
-        assert!(!parent.is_empty(), "no parent namespaces; refusing");
-        assert!(
-            own.split(' ').zip(parent.split(' ')).all(|(a, b)| a != b),
-            "not in fresh namespaces: {own} vs {parent}"
-        );
-        let private = std::process::Command::new("mount").args(["--make-rprivate", "/"]).status();
-        let run = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs", "/run"]).status();
-        if !matches!(private, Ok(s) if s.success()) || !matches!(run, Ok(s) if s.success()) {
-            println!("azprov-netns-unavailable: cannot mount a private /run");
+        if !crate::testutil::enter_child_namespaces(CHILD_ENV) {
             return false;
         }
-        sh(&["ip", "link", "set", "lo", "up"]);
         sh(&["ip", "netns", "add", "azpsrv"]);
         true
     }
 
-    fn sh(args: &[&str]) {
-        let out = std::process::Command::new(args[0]).args(&args[1..]).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    use crate::testutil::sh;
 
     fn wait_up(sys: &RealSystem, name: &str) {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -1519,15 +1466,6 @@ mod tests {
         in_namespaces("root_netns_dhcp_after_bounce_and_reattach", &["dnsmasq", "dhclient"], &env);
     }
 
-    /// Kills the DHCP server whatever happens.
-    struct Server(std::process::Child);
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
     fn dhcp_child() {
         let script = std::env::var(SCRIPT_ENV).unwrap();
         let t = tempfile::tempdir().unwrap();
@@ -1549,25 +1487,7 @@ mod tests {
             sh(&c);
         }
         let log = t.path().join("dnsmasq.log");
-        let _server = Server(
-            std::process::Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    "azpsrv",
-                    "dnsmasq",
-                    "--keep-in-foreground",
-                    "--conf-file=/dev/null",
-                    "--port=0",
-                ])
-                .args(["--interface=br0", "--bind-interfaces", "--dhcp-range=10.99.0.50,10.99.0.60,255.255.255.0,1h"])
-                .args(["--log-dhcp", "--user=root"])
-                .arg(format!("--log-facility={}", log.display()))
-                .arg(format!("--dhcp-leasefile={}", tp("dnsmasq.leases")))
-                .arg(format!("--pid-file={}", tp("dnsmasq.pid")))
-                .spawn()
-                .unwrap(),
-        );
+        let _server = crate::testutil::Dnsmasq::start("azpsrv", "br0", t.path());
         let conf = tp("dhclient.conf");
         std::fs::write(&conf, "timeout 15;\ninitial-interval 1;\n").unwrap();
         std::thread::sleep(Duration::from_millis(300));
