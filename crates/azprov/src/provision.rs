@@ -218,6 +218,13 @@ impl<'a> Run<'a> {
             Ok(None) => {}
             Ok(Some(w)) => self.warn(&w),
             Err(msg) if self.opts.dry_run => self.warn(&msg),
+            Err(msg) if self.state.is_provisioned(&vm_id) => {
+                // cloud-init came later to a VM we provisioned: leave the every-boot duties to it, and do not fail
+                // the unit (WALinuxAgent's drop-in requires it)
+                let msg = format!("{msg}; VM {vm_id} was provisioned by azprov: every-boot duties left to cloud-init");
+                tracing::warn!("{msg}");
+                return quick(exit::OK, RunResult::Success, &msg);
+            }
             Err(msg) => return early(exit::NOT_APPLICABLE, &msg),
         }
         if !self.opts.dry_run && self.cfg.kvp.enabled && self.boot_epoch > 0 {

@@ -43,6 +43,15 @@ fn cloud_init_azure_datasource_makes_azprov_refuse() {
     let out = env.provision(&[]);
     assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     assert!(env.sim.ready_reported());
+
+    // cloud-init's Azure datasource turned on later, on the VM we provisioned: no failure (WALinuxAgent requires
+    // our unit), nothing done, nothing reported again
+    std::fs::remove_file(env.path("/etc/cloud/cloud.cfg.d/99-azprov.cfg")).unwrap();
+    let out = env.provision(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(exit_code(&out), 0, "{err}");
+    assert!(err.contains("left to cloud-init"), "{err}");
+    assert_eq!(env.sim.health_reports().len(), 1);
 }
 
 #[test]
