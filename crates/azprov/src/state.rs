@@ -169,9 +169,11 @@ impl<'a> State<'a> {
         }
     }
 
+    /// Atomic (rename) but not fsynced: it only saves a re-run work (every step is safe to repeat), and a copy lost
+    /// to a power cut reads as "nothing done yet". The marker, written after Ready, is what must survive.
     pub fn save_progress(&self, p: &VmProgress) -> io::Result<()> {
         let json = serde_json::to_vec_pretty(p).map_err(io::Error::other)?;
-        self.sys.write_file(&self.progress_path(), &json, 0o600, None)
+        self.sys.write_file_unsynced(&self.progress_path(), &json, 0o600, None)
     }
 
     /// Rewritten on every run, read only by `azprov status`: not fsynced (the marker and progress are).
@@ -186,8 +188,9 @@ impl<'a> State<'a> {
     }
 
     /// Record the provisioned admin user's name (for `azprov deprovision --user`).
+    /// Not fsynced (read only by a later `deprovision`; written again by a re-run).
     pub fn save_admin_user(&self, name: &str) -> io::Result<()> {
-        self.sys.write_file(&self.dir.join(ADMIN_USER), format!("{name}\n").as_bytes(), 0o600, None)
+        self.sys.write_file_unsynced(&self.dir.join(ADMIN_USER), format!("{name}\n").as_bytes(), 0o600, None)
     }
 
     /// The recorded admin user's name, if any.
