@@ -716,7 +716,16 @@ impl<'a> Run<'a> {
     fn record(&mut self, name: &str, outcome: StepOutcome, since: Instant, detail: String) {
         let duration_ms = self.clock.now().duration_since(since).as_millis() as u64;
         let key = format!("azprov|{}|step|{name}|{}|{}", self.boot_epoch, self.vm_id, timeutil::uuid4());
-        let value = serde_json::json!({"outcome": outcome, "duration_ms": duration_ms, "detail": detail}).to_string();
+        let end_us = timeutil::now_us();
+        let start_us = end_us - (duration_ms as i64) * 1000;
+        let value = serde_json::json!({
+            "outcome": outcome,
+            "start": timeutil::iso8601_utc(start_us),
+            "end": timeutil::iso8601_utc(end_us),
+            "duration_ms": duration_ms,
+            "detail": detail,
+        })
+        .to_string();
         self.kvp_events.extend(kvp::records(&key, &value));
         self.steps.push(StepRecord { name: name.to_string(), outcome, duration_ms, detail });
     }

@@ -57,6 +57,19 @@ fn assert_provisioned(env: &Env, vm: &VmDefinition) {
     assert_eq!(kvp.len(), 1);
     assert!(kvp[0].starts_with("result=success|agent=azprov/"), "{}", kvp[0]);
     assert!(kvp[0].contains(&format!("|vm_id={}|", vm.vm_id)));
+    // one record per duty: key `azprov|<boot epoch>|step|<name>|<vm id>|<uuid>`, value with outcome, start, end
+    // and duration; every key unique
+    let pool = azprov::platform::kvp::parse_pool(&std::fs::read(env.path("/var/lib/hyperv/.kvp_pool_1")).unwrap());
+    let user = pool.iter().find(|(k, _)| k.contains("|step|user|")).expect("a KVP record for the user duty");
+    assert!(user.0.starts_with("azprov|") && user.0.contains(&vm.vm_id), "{}", user.0);
+    let v: serde_json::Value = serde_json::from_str(&user.1).unwrap();
+    assert_eq!(v["outcome"], "done", "{v}");
+    assert!(
+        v["start"].as_str().unwrap().ends_with("+00:00") && v["end"].as_str().unwrap() >= v["start"].as_str().unwrap()
+    );
+    assert!(v["duration_ms"].is_u64());
+    let keys: std::collections::BTreeSet<_> = pool.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys.len(), pool.len(), "unique keys");
     let status = env.status_json();
     assert_eq!(status["result"], "success");
     assert_eq!(status["reported"], true);
