@@ -302,6 +302,13 @@ impl<'a> Run<'a> {
                 let t = self.clock.now();
                 let why = "pre-provisioned (pool) VM: the customer's provisioning follows the assignment";
                 self.record("identity", StepOutcome::Skipped, t, why.into());
+                // its own host keys already (the VM id stays the customer's): sshd can start in the pool and
+                // needs no restart after the assignment
+                if self.opts.phase == PhaseSel::Local && self.cfg.duties.host_keys.own_unit {
+                    self.request_host_keys();
+                } else {
+                    self.start_host_keys(s);
+                }
             } else if self.opts.phase.local() {
                 let id = plan::identity(env.as_ref(), None);
                 let p = plan::plan(&self.vm_id, &id, self.cfg, &self.progress.done, Phase::Local);

@@ -151,3 +151,25 @@ fn reprovision_data_polled_patiently_through_errors() {
     assert!(pps.final_ready());
     assert_customer_provisioned(&env);
 }
+
+#[test]
+fn root_pool_vm_gets_its_host_keys_before_sshd_and_keeps_them() {
+    if !can_run_as_root("root_pool_vm_gets_its_host_keys_before_sshd_and_keeps_them") {
+        return;
+    }
+    let config = format!("{PPS_CONFIG}[duties.host_keys]\nenabled = true\n");
+    let env = setup_with(pool("Running"), Faults::none(), Dvd::Udf102, &config, true);
+    // the pool's boot: the local phase asks for host keys (sshd can start in the pool), the host-key unit makes them
+    assert_eq!(exit_code(&env.provision(&["--phase", "local"])), 0);
+    assert!(file_exists(&env.path("/run/azprov/host-keys")));
+    assert_eq!(exit_code(&env.provision(&["--phase", "host-keys"])), 0);
+    let rsa = env.read("/etc/ssh/ssh_host_rsa_key");
+    assert!(rsa.contains("PRIVATE KEY"));
+    // the network phase waits in the pool, provisions the customer: same VM id, same keys, thumbprint sent once
+    let net = env.provision(&["--phase", "network"]);
+    assert_eq!(exit_code(&net), 0, "{}", String::from_utf8_lossy(&net.stderr));
+    assert!(env.sim.pps_status().final_ready());
+    assert_eq!(env.read("/etc/ssh/ssh_host_rsa_key"), rsa, "not regenerated after the assignment");
+    assert_eq!(env.sim.role_properties().len(), 1);
+    assert_customer_provisioned(&env);
+}
