@@ -446,8 +446,9 @@ impl<'a> Run<'a> {
         };
         tracing::info!("host_keys: {detail}");
         if so == StepOutcome::Done && self.pps_type != "None" && self.sys.is_live() {
-            // a pool VM's sshd started with the image's keys: it must serve the customer's
-            let note = duties::sshd::reload_if_running(self.sys);
+            // a pool VM's sshd started with the image's keys (reloaded: it must serve the customer's), or could not
+            // start without any (started now)
+            let note = duties::sshd::serve_new_host_keys(self.sys);
             if !note.is_empty() {
                 tracing::info!("sshd{note}");
             }

@@ -47,6 +47,8 @@ pub const ATTACH_TIMEOUT: &str = "timeout waiting for a hot-attached primary NIC
 
 /// How often an address is looked for while DHCP runs.
 const ADDRESS_POLL: Duration = Duration::from_millis(250);
+/// How long `networkctl reconfigure` gets to drop the old lease's address before the wait for a new one.
+const RECONFIGURE_SETTLE: Duration = Duration::from_secs(2);
 /// Pause before asking a stack again whose command failed (NetworkManager refusing a device not ready yet).
 const RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// The most one `dhclient -1` attempt may take (its own `timeout`, 60 s by default, decides first).
@@ -467,6 +469,13 @@ fn addresses_of(sys: &dyn System, index: u32) -> Vec<Ipv4Address> {
         .collect()
 }
 
+/// Wait until the addresses of link `index` differ from `before` (or `before` is empty), until `deadline`.
+fn wait_address_change(sys: &dyn System, index: u32, before: &[Ipv4Address], deadline: Instant) {
+    while !before.is_empty() && addresses_of(sys, index) == before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
 /// Wait until link `index` has an address, until `deadline`.
 fn wait_for_address(sys: &dyn System, index: u32, deadline: Instant) -> Vec<Ipv4Address> {
     loop {
@@ -648,9 +657,15 @@ pub fn renew_dhcp_within(sys: &dyn System, ifname: &str, wait: Duration) -> Outc
     let (method, did) =
         match detect(sys) {
             Some(Stack::Networkd) => {
+                let before = addresses_of(sys, index);
                 let reconfigure = run_ok(sys, &Command::new("networkctl", &["reconfigure", ifname]));
                 match reconfigure {
-                    Ok(()) => ("systemd-networkd", format!("networkctl reconfigure {ifname}")),
+                    Ok(()) => {
+                        // networkctl returns before networkd acts: the old lease's address is still there, and
+                        // drops a moment later (seen in the VM test: "renewed", then "Network is unreachable")
+                        wait_address_change(sys, index, &before, Instant::now() + RECONFIGURE_SETTLE.min(wait / 4));
+                        ("systemd-networkd", format!("networkctl reconfigure {ifname}"))
+                    }
                     Err(e) => match run_ok(sys, &Command::new("networkctl", &["renew", ifname])) {
                         Ok(()) => ("systemd-networkd", format!("networkctl renew {ifname} (reconfigure failed: {e})")),
                         Err(e2) => return failed("systemd-networkd", format!("{e}; {e2}")),
@@ -1121,7 +1136,9 @@ mod tests {
     fn renew_through_networkd_and_network_manager() {
         let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &["networkctl"], &[(NETWORKD_STATE, "x\n")]);
         sys.set_ipv4_addresses(vec![addr(2, "10.0.0.4")]);
-        match renew_dhcp(&sys, "eth0") {
+        // the address never drops here (a networkd that kept it): a quarter of the wait for the drop, then done
+        let t = Instant::now();
+        match renew_dhcp_within(&sys, "eth0", Duration::from_millis(400)) {
             Outcome::Done(d) => {
                 assert_eq!(
                     d,
@@ -1130,6 +1147,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        assert!(t.elapsed() >= Duration::from_millis(100), "{:?}", t.elapsed());
         assert_eq!(argvs(&sys), ["networkctl reconfigure eth0"]);
         // reconfigure and renew both refused
         sys.script(

@@ -401,6 +401,33 @@ pub fn reload_if_running(sys: &dyn System) -> String {
     }
 }
 
+/// After new host keys on a pre-provisioned VM: an sshd running with the image's keys is reloaded, and an sshd that
+/// could not start in the pool (a generalized image has no host keys until the customer's are made, so systemd gave
+/// up on it) is started again. The note is for the log.
+pub fn serve_new_host_keys(sys: &dyn System) -> String {
+    let note = reload_if_running(sys);
+    if !note.is_empty() || !sys.is_live() || !sys.has_program("systemctl") {
+        return note;
+    }
+    // Debian's ssh.service is also reachable as sshd.service (an alias): start the first failed one only
+    for unit in ["ssh.service", "sshd.service"] {
+        let failed = sys.run(&Command::new("systemctl", &["is-failed", "--quiet", unit])).is_ok_and(|o| o.success());
+        if !failed {
+            continue;
+        }
+        // clears the start limit systemd hit while sshd had no keys
+        let _ = sys.run(&Command::new("systemctl", &["reset-failed", unit]));
+        let mut cmd = Command::new("systemctl", &["restart", "--no-block", unit]);
+        cmd.timeout = Duration::from_secs(30);
+        return match sys.run(&cmd) {
+            Ok(o) if o.success() => format!("; {unit} had failed (no host keys before): started again"),
+            Ok(o) => format!("; {unit} had failed, start failed: {}", o.stderr_text()),
+            Err(e) => format!("; {unit} had failed, start failed: {e}"),
+        };
+    }
+    String::new()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -582,5 +609,39 @@ mod tests {
         assert!(!dir.path().join("etc/ssh/sshd_config.d/01-azprov.conf").exists());
         let eff = Effective::from_files(&sys).unwrap();
         assert_eq!(eff.get("PasswordAuthentication").unwrap().first(), "no");
+    }
+
+    #[test]
+    fn new_host_keys_start_a_failed_sshd() {
+        use crate::system::record::RecordingSystem;
+        use crate::system::CommandOutput;
+        let dir = tempfile::tempdir().unwrap();
+        let sys = RecordingSystem::new(dir.path());
+        // not the running system: nothing
+        assert_eq!(serve_new_host_keys(&sys), "");
+        assert!(sys.commands().is_empty());
+        sys.pretend_live();
+        // not running, not failed (is-failed answers 1): nothing started
+        sys.script("systemctl", CommandOutput { status: Some(1), ..Default::default() });
+        assert_eq!(serve_new_host_keys(&sys), "");
+        assert!(sys.commands().iter().all(|c| c.args.first().map(String::as_str) == Some("is-failed")));
+        // failed in the pool: reset and started again, once (sshd.service is Debian's alias)
+        sys.script("systemctl", CommandOutput { status: Some(0), ..Default::default() });
+        let note = serve_new_host_keys(&sys);
+        assert!(note.contains("ssh.service had failed"), "{note}");
+        let shown: Vec<String> = sys.commands().iter().map(|c| c.display()).collect();
+        let n = shown.len();
+        assert_eq!(
+            shown[n - 3..],
+            [
+                "systemctl is-failed --quiet ssh.service",
+                "systemctl reset-failed ssh.service",
+                "systemctl restart --no-block ssh.service"
+            ]
+        );
+        // running (pid file): reloaded as before
+        std::fs::create_dir_all(dir.path().join("run")).unwrap();
+        std::fs::write(dir.path().join("run/sshd.pid"), "1\n").unwrap();
+        assert_eq!(serve_new_host_keys(&sys), "; sshd reloaded");
     }
 }

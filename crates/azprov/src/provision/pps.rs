@@ -84,6 +84,7 @@ impl Run<'_> {
                 if kind == PpsKind::Running {
                     match w.wait_bounce(&nic.mac, timeout) {
                         Ok(b) => {
+                            tracing::info!("pps_assignment: {}", b.describe());
                             self.record("pps_assignment", StepOutcome::Done, t, b.describe());
                             let name = b.link.name.clone();
                             self.side_step("pps_dhcp", false, |sys, _| duties::pps_network::renew_dhcp(sys, &name));
@@ -99,7 +100,10 @@ impl Run<'_> {
                     // the first NIC with a lease: IMDS (asked next) names the customer's primary NIC, and the
                     // network phase's routes follow its MAC
                     match w.wait_reattach(&nic.mac, &opts, &mut |_| true) {
-                        Ok(r) => self.record("pps_assignment", StepOutcome::Done, t, r.describe()),
+                        Ok(r) => {
+                            tracing::info!("pps_assignment: {}", r.describe());
+                            self.record("pps_assignment", StepOutcome::Done, t, r.describe())
+                        }
                         Err(f) => return Err(Box::new(self.fail(f))),
                     }
                 }
@@ -151,6 +155,7 @@ impl Run<'_> {
         let _ = self.sys.create_dir_all(&self.cfg.state.run_dir, 0o700, None);
         let _ = self.sys.write_file_unsynced(&self.cfg.state.run_dir.join(RUN_OVF), &bytes, 0o600, None);
         let detail = format!("customer ovf-env.xml received ({} bytes, {renewals} DHCP renewal(s))", bytes.len());
+        tracing::info!("reprovision_data: {detail}");
         self.record("reprovision_data", StepOutcome::Done, t, detail);
 
         // IMDS again: the customer's instance document, no longer a pool VM
@@ -186,6 +191,7 @@ impl Run<'_> {
         match wireserver::report_health(&w.client(), &w, self.clock, &Health::Ready) {
             Ok(o) => {
                 let d = format!("intermediate Ready: HTTP {} after {} attempt(s)", o.status, o.attempts);
+                tracing::info!("pps_ready: {d}");
                 self.record("pps_ready", StepOutcome::Done, t, d);
             }
             Err(e) if savable => {
