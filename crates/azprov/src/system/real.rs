@@ -759,40 +759,23 @@ impl System for RealSystem {
     }
 
     fn block_info(&self, dev: &Path) -> io::Result<BlockInfo> {
-        let name = dev
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| io::Error::other(format!("{} names no device", dev.display())))?;
-        let sys = Path::new("/sys/class/block").join(&name);
-        if sys.join("partition").exists() {
-            return Err(io::Error::other(format!("{} is a partition, not a disk", dev.display())));
-        }
-        let mut partitions = Vec::new();
-        for entry in fs::read_dir(&sys)?.filter_map(|e| e.ok()) {
-            let p = entry.path();
-            let child = entry.file_name().to_string_lossy().into_owned();
-            if !child.starts_with(&name) || !p.join("partition").exists() {
-                continue;
+        // While the kernel re-reads the partition table (udev's watch after someone closed the disk for writing,
+        // another tool's BLKRRPART), the partitions' sysfs entries vanish and come back: ENODEV/ENOENT mid-scan.
+        // Read again for a few seconds before believing it.
+        let mut tries = 0;
+        loop {
+            match block_info_once(dev) {
+                Err(e) if tries < 50 && (e.raw_os_error() == Some(19) || e.kind() == io::ErrorKind::NotFound) => {
+                    let name = dev.file_name().unwrap_or_default();
+                    if !Path::new("/sys/class/block").join(name).exists() {
+                        return Err(e);
+                    }
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                r => return r,
             }
-            partitions.push(PartitionNode {
-                number: u32::try_from(read_sys_u64(&p.join("partition"))?).map_err(io::Error::other)?,
-                start: read_sys_u64(&p.join("start"))? * 512,
-                len: read_sys_u64(&p.join("size"))? * 512,
-                node: Path::new("/dev").join(&child),
-                dev: read_sys_dev(&p.join("dev"))?,
-            });
         }
-        partitions.sort_by_key(|p| p.number);
-        Ok(BlockInfo {
-            dev: read_sys_dev(&sys.join("dev"))?,
-            size: read_sys_u64(&sys.join("size"))? * 512,
-            logical_block: read_sys_u64(&sys.join("queue/logical_block_size"))
-                .ok()
-                .and_then(|v| u32::try_from(v).ok())
-                .unwrap_or(512),
-            name,
-            partitions,
-        })
     }
 
     fn nvme_identify_namespace(&self, dev: &Path) -> io::Result<Vec<u8>> {
@@ -904,6 +887,44 @@ impl System for RealSystem {
         rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
         Ok(Box::new(FileLock { _file: file }))
     }
+}
+
+/// One reading of a disk and its partitions from sysfs.
+fn block_info_once(dev: &Path) -> io::Result<BlockInfo> {
+    let name = dev
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| io::Error::other(format!("{} names no device", dev.display())))?;
+    let sys = Path::new("/sys/class/block").join(&name);
+    if sys.join("partition").exists() {
+        return Err(io::Error::other(format!("{} is a partition, not a disk", dev.display())));
+    }
+    let mut partitions = Vec::new();
+    for entry in fs::read_dir(&sys)?.filter_map(|e| e.ok()) {
+        let p = entry.path();
+        let child = entry.file_name().to_string_lossy().into_owned();
+        if !child.starts_with(&name) || !p.join("partition").exists() {
+            continue;
+        }
+        partitions.push(PartitionNode {
+            number: u32::try_from(read_sys_u64(&p.join("partition"))?).map_err(io::Error::other)?,
+            start: read_sys_u64(&p.join("start"))? * 512,
+            len: read_sys_u64(&p.join("size"))? * 512,
+            node: Path::new("/dev").join(&child),
+            dev: read_sys_dev(&p.join("dev"))?,
+        });
+    }
+    partitions.sort_by_key(|p| p.number);
+    Ok(BlockInfo {
+        dev: read_sys_dev(&sys.join("dev"))?,
+        size: read_sys_u64(&sys.join("size"))? * 512,
+        logical_block: read_sys_u64(&sys.join("queue/logical_block_size"))
+            .ok()
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(512),
+        name,
+        partitions,
+    })
 }
 
 #[cfg(test)]

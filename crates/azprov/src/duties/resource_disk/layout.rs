@@ -278,8 +278,39 @@ pub fn classify(src: &dyn ReadAt) -> io::Result<Verdict> {
             Verdict::Linux { fs: s, partition: Some(part) }
         }
         Some(s) => Verdict::Keep(format!("partition {} holds {}", part.number, s.name())),
+        None if sigs.len() == 1 && our_unfinished_layout(src)? => Verdict::Blank,
         None => Verdict::Keep(format!("partition {} holds no file system we know", part.number)),
     })
+}
+
+/// Our own GPT (exactly the one [`gpt_one_partition`] lays out for this disk: one Linux partition named
+/// `resource`) with no file system in it: a format that was interrupted between the partition table and mkfs
+/// (power cut, a failed mkfs). Nobody's data can be there, so it counts as blank.
+fn our_unfinished_layout(src: &dyn ReadAt) -> io::Result<bool> {
+    for sector in [512u64, 4096] {
+        let hdr = read_clamped(src, sector, 92)?;
+        if hdr.len() < 92 || &hdr[..8] != b"EFI PART" {
+            continue;
+        }
+        let Some(want) = gpt_one_partition(src.size(), sector, [0; 32]) else { return Ok(false) };
+        let (count, esize) = (le32(&hdr, 80) as u64, le32(&hdr, 84) as u64);
+        let Some(off) = le64(&hdr, 72).checked_mul(sector) else { return Ok(false) };
+        let raw = read_clamped(src, off, (count.min(1024) * esize.min(4096)) as usize)?;
+        let used: Vec<&[u8]> =
+            raw.chunks(esize.max(128) as usize).filter(|e| e[..16].iter().any(|&b| b != 0)).collect();
+        let [e] = used.as_slice() else { return Ok(false) };
+        if e.len() < 128 || e[..16] != LINUX_FS {
+            return Ok(false);
+        }
+        let name: Vec<u16> = e[56..128].chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+        let (first, last) = (le64(e, 32), le64(e, 40));
+        let (start, len) = (first * sector, (last + 1 - first.min(last + 1)) * sector);
+        return Ok(String::from_utf16_lossy(&name[..end]) == "resource"
+            && start == want.partition.start
+            && len == want.partition.len);
+    }
+    Ok(false)
 }
 
 /// IEEE CRC-32 (GPT header and entry array checksums).
@@ -399,6 +430,28 @@ mod tests {
     }
 
     #[test]
+    fn our_interrupted_format_counts_as_blank_anything_else_is_kept() {
+        let size = 64 * MIB as usize;
+        let g = gpt_one_partition(size as u64, 512, [9u8; 32]).unwrap();
+        let mut d = disk(size);
+        d[..g.head.len()].copy_from_slice(&g.head);
+        let t = g.tail_offset as usize;
+        d[t..t + g.tail.len()].copy_from_slice(&g.tail);
+        // what an old NTFS volume left inside the new partition: junk, no signature
+        let p = g.partition.start as usize;
+        d[p + 4096..p + 8192].fill(0x5a);
+        assert_eq!(classify(&d).unwrap(), Verdict::Blank);
+        // the same layout under another partition name: somebody else's, kept
+        let mut other = d.clone();
+        other[1024 + 56] = b'X';
+        assert!(matches!(classify(&other).unwrap(), Verdict::Keep(_)));
+        // our layout with a file system in it is not blank
+        let mut ext = d.clone();
+        ext[p + 1024 + 56..p + 1024 + 58].copy_from_slice(&0xef53u16.to_le_bytes());
+        assert!(matches!(classify(&ext).unwrap(), Verdict::Linux { .. }));
+    }
+
+    #[test]
     fn crc32_known_value() {
         assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
     }
@@ -421,7 +474,8 @@ mod tests {
             let mut z = h.to_vec();
             z[16..20].fill(0);
             assert_eq!(crc32(&z), le32(h, 16));
-            assert_eq!(classify(&d).unwrap(), Verdict::Keep("partition 1 holds no file system we know".into()));
+            // our own table with nothing in it yet (an interrupted format): formatted again
+            assert_eq!(classify(&d).unwrap(), Verdict::Blank);
         }
         assert!(gpt_one_partition(MIB, 512, [0; 32]).is_none());
         assert!(gpt_one_partition(64 * MIB, 1024, [0; 32]).is_none());
