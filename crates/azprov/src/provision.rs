@@ -304,11 +304,7 @@ impl<'a> Run<'a> {
                 self.record("identity", StepOutcome::Skipped, t, why.into());
                 // its own host keys already (the VM id stays the customer's): sshd can start in the pool and
                 // needs no restart after the assignment
-                if self.opts.phase == PhaseSel::Local && self.cfg.duties.host_keys.own_unit {
-                    self.request_host_keys();
-                } else {
-                    self.start_host_keys(s);
-                }
+                self.local_host_keys(s);
             } else if self.opts.phase.local() {
                 let id = plan::identity(env.as_ref(), None);
                 let p = plan::plan(&self.vm_id, &id, self.cfg, &self.progress.done, Phase::Local);
@@ -318,11 +314,7 @@ impl<'a> Run<'a> {
                     // while the network round trips go on, after useradd & co so they do not compete for the CPU;
                     // also when a duty failed, so that sshd can start for diagnostics. With the phase units, the
                     // host-key unit (ordered only before sshd) does it and this phase does not wait for it.
-                    if self.opts.phase == PhaseSel::Local && self.cfg.duties.host_keys.own_unit {
-                        self.request_host_keys();
-                    } else {
-                        self.start_host_keys(s);
-                    }
+                    self.local_host_keys(s);
                 }
                 if let Err(f) = identity {
                     return self.fail(f);
@@ -390,6 +382,18 @@ impl<'a> Run<'a> {
         self.host_keys = Some(rx);
     }
 
+    /// New host keys from the local phase: asked from the host-key unit with the phase units, else on a thread.
+    fn local_host_keys<'scope>(&mut self, s: &'scope std::thread::Scope<'scope, '_>)
+    where
+        'a: 'scope,
+    {
+        if self.opts.phase == PhaseSel::Local && self.cfg.duties.host_keys.own_unit {
+            self.request_host_keys();
+        } else {
+            self.start_host_keys(s);
+        }
+    }
+
     /// The local phase of the split units: ask the host-key phase for new keys (the request names the VM id).
     fn request_host_keys(&mut self) {
         if !self.cfg.duties.host_keys.enabled || self.state.host_keys_done(&self.vm_id) {
@@ -454,9 +458,7 @@ impl<'a> Run<'a> {
             }
         }
         if so != StepOutcome::Failed {
-            let rec =
-                serde_json::json!({"outcome": so, "duration_ms": ms, "at": timeutil::iso8601_utc(timeutil::now_us())});
-            if let Err(e) = self.state.mark_host_keys(&self.vm_id, &rec.to_string()) {
+            if let Err(e) = self.state.mark_host_keys(&self.vm_id, &host_keys_record(so, ms)) {
                 self.warn(&format!("cannot record the new host keys: {e}"));
             }
         }
@@ -723,18 +725,7 @@ impl<'a> Run<'a> {
 
     fn record(&mut self, name: &str, outcome: StepOutcome, since: Instant, detail: String) {
         let duration_ms = self.clock.now().duration_since(since).as_millis() as u64;
-        let key = format!("azprov|{}|step|{name}|{}|{}", self.boot_epoch, self.vm_id, timeutil::uuid4());
-        let end_us = timeutil::now_us();
-        let start_us = end_us - (duration_ms as i64) * 1000;
-        let value = serde_json::json!({
-            "outcome": outcome,
-            "start": timeutil::iso8601_utc(start_us),
-            "end": timeutil::iso8601_utc(end_us),
-            "duration_ms": duration_ms,
-            "detail": detail,
-        })
-        .to_string();
-        self.kvp_events.extend(kvp::records(&key, &value));
+        self.kvp_events.extend(step_kvp(self.boot_epoch, &self.vm_id, name, outcome, duration_ms, &detail));
         self.steps.push(StepRecord { name: name.to_string(), outcome, duration_ms, detail });
     }
 
@@ -1164,6 +1155,28 @@ impl<'a> Run<'a> {
     }
 }
 
+/// The KVP records of one step: key `azprov|<boot epoch>|step|<name>|<vm id>|<uuid4>`, value the outcome, start,
+/// end, duration and detail (compact JSON, split under the host's value limit).
+fn step_kvp(boot_epoch: i64, vm_id: &str, name: &str, outcome: StepOutcome, duration_ms: u64, detail: &str) -> Vec<u8> {
+    let key = format!("azprov|{boot_epoch}|step|{name}|{vm_id}|{}", timeutil::uuid4());
+    let end_us = timeutil::now_us();
+    let start_us = end_us - (duration_ms as i64) * 1000;
+    let value = serde_json::json!({
+        "outcome": outcome,
+        "start": timeutil::iso8601_utc(start_us),
+        "end": timeutil::iso8601_utc(end_us),
+        "duration_ms": duration_ms,
+        "detail": detail,
+    });
+    kvp::records(&key, &value.to_string())
+}
+
+/// The host-key marker's line: outcome, duration and when.
+fn host_keys_record(outcome: StepOutcome, duration_ms: u64) -> String {
+    let at = timeutil::iso8601_utc(timeutil::now_us());
+    serde_json::json!({"outcome": outcome, "duration_ms": duration_ms, "at": at}).to_string()
+}
+
 /// Did the local phase ask the host-key phase for new keys for this VM id (and is the request still open)?
 fn host_keys_requested(sys: &dyn System, cfg: &Config, vm_id: &str) -> bool {
     sys.read_to_string(&cfg.state.run_dir.join(HOST_KEYS_REQUEST))
@@ -1231,9 +1244,7 @@ fn host_keys_phase(sys: &dyn System, cfg: &Config, opts: &Options, clock: &dyn C
         Outcome::Failed(f) => (StepOutcome::Failed, f.to_string(), exit::FAILED),
     };
     if so != StepOutcome::Failed {
-        let rec =
-            serde_json::json!({"outcome": so, "duration_ms": ms, "at": timeutil::iso8601_utc(timeutil::now_us())});
-        if let Err(e) = state.mark_host_keys(&vm_id, &rec.to_string()) {
+        if let Err(e) = state.mark_host_keys(&vm_id, &host_keys_record(so, ms)) {
             tracing::warn!("cannot record the new host keys: {e}");
         }
     }
@@ -1241,9 +1252,7 @@ fn host_keys_phase(sys: &dyn System, cfg: &Config, opts: &Options, clock: &dyn C
     let _ = sys.remove_file(&request);
     let boot_epoch = sys.boot_time().unwrap_or(0);
     if cfg.kvp.enabled {
-        let key = format!("azprov|{boot_epoch}|step|{HOST_KEYS}|{vm_id}|{}", timeutil::uuid4());
-        let value = serde_json::json!({"outcome": so, "duration_ms": ms, "detail": detail}).to_string();
-        if let Err(e) = sys.kvp_append(&cfg.kvp.pool_path, &kvp::records(&key, &value)) {
+        if let Err(e) = sys.kvp_append(&cfg.kvp.pool_path, &step_kvp(boot_epoch, &vm_id, HOST_KEYS, so, ms, &detail)) {
             tracing::warn!("cannot write KVP: {e}");
         }
     }

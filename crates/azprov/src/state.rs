@@ -57,6 +57,9 @@ pub struct VmProgress {
 
 /// The provisioned admin user's name (one line).
 const ADMIN_USER: &str = "admin-user";
+/// Marker directories: Ready accepted for a VM id; host keys made for a VM id.
+const PROVISIONED: &str = "provisioned";
+const HOST_KEYS: &str = "host-keys";
 
 pub struct State<'a> {
     sys: &'a dyn System,
@@ -78,25 +81,35 @@ impl<'a> State<'a> {
         self.sys.lock_exclusive(&self.dir.join("lock"))
     }
 
-    fn marker(&self, vm_id: &str) -> PathBuf {
-        self.dir.join("provisioned").join(vm_id.to_ascii_lowercase())
+    /// A per-VM-id marker file: `<state>/<kind>/<vm id>`.
+    fn marker_path(&self, kind: &str, vm_id: &str) -> PathBuf {
+        self.dir.join(kind).join(vm_id.to_ascii_lowercase())
+    }
+
+    /// The marker of `kind` for this VM id exists (also under the byte-swapped form of the id).
+    fn has_marker(&self, kind: &str, vm_id: &str) -> bool {
+        self.sys.exists(&self.marker_path(kind, vm_id))
+            || self
+                .sys
+                .read_dir(&self.dir.join(kind))
+                .map(|names| names.iter().any(|n| crate::platform::identity::same_vm_id(n, vm_id)))
+                .unwrap_or(false)
+    }
+
+    /// Write the marker of `kind` for this VM id (one line, 0600, fsynced).
+    fn write_marker(&self, kind: &str, vm_id: &str, line: &str) -> io::Result<()> {
+        self.sys.create_dir_all(&self.dir.join(kind), 0o700, None)?;
+        self.sys.write_file(&self.marker_path(kind, vm_id), format!("{line}\n").as_bytes(), 0o600, None)
     }
 
     /// Provisioned marker for this VM id (also accepts a marker saved under the byte-swapped form).
     pub fn is_provisioned(&self, vm_id: &str) -> bool {
-        if self.sys.exists(&self.marker(vm_id)) {
-            return true;
-        }
-        self.sys
-            .read_dir(&self.dir.join("provisioned"))
-            .map(|names| names.iter().any(|n| crate::platform::identity::same_vm_id(n, vm_id)))
-            .unwrap_or(false)
+        self.has_marker(PROVISIONED, vm_id)
     }
 
     /// Written only after the platform accepted Ready.
     pub fn mark_provisioned(&self, vm_id: &str, report_timestamp: &str) -> io::Result<()> {
-        self.sys.create_dir_all(&self.dir.join("provisioned"), 0o700, None)?;
-        self.sys.write_file(&self.marker(vm_id), format!("{report_timestamp}\n").as_bytes(), 0o600, None)
+        self.write_marker(PROVISIONED, vm_id, report_timestamp)
     }
 
     /// The host-key phase's own lock: it runs beside the network phase (which holds the main lock).
@@ -105,28 +118,15 @@ impl<'a> State<'a> {
         self.sys.lock_exclusive(&self.dir.join("host-keys.lock"))
     }
 
-    fn host_keys_marker(&self, vm_id: &str) -> PathBuf {
-        self.dir.join("host-keys").join(vm_id.to_ascii_lowercase())
-    }
-
     /// Host keys were regenerated for this VM id (also under the byte-swapped form, or recorded as a progress step
     /// by an earlier version).
     pub fn host_keys_done(&self, vm_id: &str) -> bool {
-        if self.sys.exists(&self.host_keys_marker(vm_id)) {
-            return true;
-        }
-        let swapped = self
-            .sys
-            .read_dir(&self.dir.join("host-keys"))
-            .map(|names| names.iter().any(|n| crate::platform::identity::same_vm_id(n, vm_id)))
-            .unwrap_or(false);
-        swapped || self.progress(vm_id).done.iter().any(|d| d == "host_keys")
+        self.has_marker(HOST_KEYS, vm_id) || self.progress(vm_id).done.iter().any(|d| d == "host_keys")
     }
 
     /// Written once the host keys of this VM id exist (one JSON line: when and what).
     pub fn mark_host_keys(&self, vm_id: &str, record: &str) -> io::Result<()> {
-        self.sys.create_dir_all(&self.dir.join("host-keys"), 0o700, None)?;
-        self.sys.write_file(&self.host_keys_marker(vm_id), format!("{record}\n").as_bytes(), 0o600, None)
+        self.write_marker(HOST_KEYS, vm_id, record)
     }
 
     fn pool_marker(&self) -> PathBuf {
@@ -223,7 +223,7 @@ mod tests {
         assert!(st.is_provisioned("527c2691-029f-fe4c-b1f4-a4da7ebac2cf"), "swapped form accepted");
         assert!(!st.is_provisioned("00000000-9f02-4cfe-b1f4-a4da7ebac2cf"));
         assert_eq!(sys.stat(Path::new("/var/lib/azprov")).unwrap().mode, 0o700);
-        assert_eq!(sys.stat(&st.marker(id)).unwrap().mode, 0o600);
+        assert_eq!(sys.stat(&st.marker_path(PROVISIONED, id)).unwrap().mode, 0o600);
 
         let mut p = st.progress(id);
         p.done.push("user".into());
