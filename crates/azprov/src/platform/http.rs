@@ -86,8 +86,10 @@ impl<'a> Retry<'a> {
     pub fn pace(&mut self) -> u32 {
         if let Some(last) = self.last_request {
             let since = self.clock.now().saturating_duration_since(last);
-            if since < self.policy.min_interval {
-                self.clock.sleep(self.policy.min_interval - since);
+            // never past the deadline: a backoff cut short by it may be followed by this spacing
+            let wait = self.policy.min_interval.saturating_sub(since).min(self.remaining());
+            if !wait.is_zero() {
+                self.clock.sleep(wait);
             }
         }
         self.last_request = Some(self.clock.now());
