@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use super::dhcp_client::{detect, run_ok, DhclientProc, Stack};
 use super::{nics, Outcome};
 use crate::report::Failure;
+use std::net::Ipv4Addr;
+
 use crate::system::{Command, Ipv4Address, Link, LinkEvent, LinkWatch, System, ARPHRD_ETHER, IFF_UP};
 
 /// One bounded wait for link events; the state is read again after each (platform.md §10: 60 s per loop).
@@ -49,6 +51,9 @@ pub const ATTACH_TIMEOUT: &str = "timeout waiting for a hot-attached primary NIC
 const ADDRESS_POLL: Duration = Duration::from_millis(250);
 /// How long `networkctl reconfigure` gets to drop the old lease's address before the wait for a new one.
 const RECONFIGURE_SETTLE: Duration = Duration::from_secs(2);
+/// How long a new lease's address may precede its gateway route (networkd adds the address, then the routes; a
+/// request in between meets "Network is unreachable").
+const ROUTE_SETTLE: Duration = Duration::from_secs(5);
 /// Pause before asking a stack again whose command failed (NetworkManager refusing a device not ready yet).
 const RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// The most one `dhclient -1` attempt may take (its own `timeout`, 60 s by default, decides first).
@@ -476,6 +481,36 @@ fn wait_address_change(sys: &dyn System, index: u32, before: &[Ipv4Address], dea
     }
 }
 
+/// Whether the route the kernel would pick for `target` leaves through link `index`.
+fn routed_through(sys: &dyn System, index: u32, target: Ipv4Addr) -> bool {
+    let routes = sys.ipv4_routes().unwrap_or_default();
+    super::routes::best_route(&routes, target)
+        .is_some_and(|r| r.kind == crate::system::RTN_UNICAST && r.hops.iter().any(|h| h.oif == index))
+}
+
+/// After a DHCP client was asked for a lease on link `index`: its addresses once it has one (empty when none came
+/// by `deadline`), and, when `reach` names a (non-loopback) address, whether a route to it through the link
+/// followed within [`ROUTE_SETTLE`] (bounded by `deadline`).
+fn wait_for_lease(
+    sys: &dyn System,
+    index: u32,
+    reach: Option<Ipv4Addr>,
+    deadline: Instant,
+) -> (Vec<Ipv4Address>, bool) {
+    let a = wait_for_address(sys, index, deadline);
+    let Some(target) = reach.filter(|t| !a.is_empty() && !t.is_loopback()) else { return (a, true) };
+    let until = (Instant::now() + ROUTE_SETTLE).min(deadline);
+    loop {
+        if routed_through(sys, index, target) {
+            return (a, true);
+        }
+        if Instant::now() >= until {
+            return (a, false);
+        }
+        std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
+    }
+}
+
 /// Wait until link `index` has an address, until `deadline`.
 fn wait_for_address(sys: &dyn System, index: u32, deadline: Instant) -> Vec<Ipv4Address> {
     loop {
@@ -633,8 +668,8 @@ fn nm_connect(ifname: &str, wait: Duration) -> Command {
 
 /// After the Running bounce: drop the lease of `ifname` and ask again, through what runs, and wait (up to
 /// [`RENEW_WAIT`]) for it to have an address. See [`renew_dhcp_within`].
-pub fn renew_dhcp(sys: &dyn System, ifname: &str) -> Outcome {
-    renew_dhcp_within(sys, ifname, RENEW_WAIT)
+pub fn renew_dhcp(sys: &dyn System, ifname: &str, reach: Option<Ipv4Addr>) -> Outcome {
+    renew_dhcp_within(sys, ifname, reach, RENEW_WAIT)
 }
 
 /// [`renew_dhcp`] with its wait for an address bounded by `wait`. The method follows the running stack:
@@ -642,8 +677,9 @@ pub fn renew_dhcp(sys: &dyn System, ifname: &str) -> Outcome {
 /// IF`, a `dhclient` for IF `dhclient -r <its args>` then `dhclient -1 <its args>` (should that get no lease, it is
 /// started again in the background so the interface keeps a client), a `dhclient` for other interfaces only (or
 /// none at all) a new `dhclient -1` for IF with their configuration, wicked `ifup IF`, dhcpcd `dhcpcd -n IF`.
-/// Skipped under a root and when no DHCP client is found.
-pub fn renew_dhcp_within(sys: &dyn System, ifname: &str, wait: Duration) -> Outcome {
+/// Skipped under a root and when no DHCP client is found. With `reach`, the renewal also waits (a little, see
+/// [`ROUTE_SETTLE`]) for the route to that address to go through the link: the stack adds routes after the address.
+pub fn renew_dhcp_within(sys: &dyn System, ifname: &str, reach: Option<Ipv4Addr>, wait: Duration) -> Outcome {
     if !sys.is_live() {
         return Outcome::Skipped("not the running system".into());
     }
@@ -699,12 +735,16 @@ pub fn renew_dhcp_within(sys: &dyn System, ifname: &str, wait: Duration) -> Outc
                     .into(),
             ),
         };
-    let a = wait_for_address(sys, index, Instant::now() + wait);
+    let (a, routed) = wait_for_lease(sys, index, reach, Instant::now() + wait);
     if a.is_empty() {
         return failed(method, format!("{did}: no IPv4 address within {wait:?}"));
     }
     let shown: Vec<String> = a.iter().map(|a| format!("{}/{}", a.address, a.prefix_len)).collect();
-    Outcome::Done(format!("renewed the lease of {ifname} through {method} ({did}): {}", shown.join(" ")))
+    let routes = match reach {
+        Some(t) if !routed => format!(" (no route to {t} through it yet)"),
+        _ => String::new(),
+    };
+    Outcome::Done(format!("renewed the lease of {ifname} through {method} ({did}): {}{routes}", shown.join(" ")))
 }
 
 enum RenewError {
@@ -875,7 +915,7 @@ mod tests {
         }
         let real = RealSystem::new(d.path());
         assert!(Watcher::start(&real).is_err());
-        assert!(matches!(renew_dhcp(&real, "eth0"), Outcome::Skipped(r) if r == "not the running system"));
+        assert!(matches!(renew_dhcp(&real, "eth0", None), Outcome::Skipped(r) if r == "not the running system"));
     }
 
     #[test]
@@ -1138,39 +1178,61 @@ mod tests {
         sys.set_ipv4_addresses(vec![addr(2, "10.0.0.4")]);
         // the address never drops here (a networkd that kept it): a quarter of the wait for the drop, then done
         let t = Instant::now();
-        match renew_dhcp_within(&sys, "eth0", Duration::from_millis(400)) {
-            Outcome::Done(d) => {
-                assert_eq!(
-                    d,
-                    "renewed the lease of eth0 through systemd-networkd (networkctl reconfigure eth0): 10.0.0.4/24"
-                )
-            }
+        let imds = Some(Ipv4Addr::new(169, 254, 169, 254));
+        match renew_dhcp_within(&sys, "eth0", imds, Duration::from_millis(400)) {
+            Outcome::Done(d) => assert_eq!(
+                d,
+                "renewed the lease of eth0 through systemd-networkd (networkctl reconfigure eth0): 10.0.0.4/24 \
+                 (no route to 169.254.169.254 through it yet)"
+            ),
             other => panic!("{other:?}"),
         }
         assert!(t.elapsed() >= Duration::from_millis(100), "{:?}", t.elapsed());
         assert_eq!(argvs(&sys), ["networkctl reconfigure eth0"]);
+        // the target reached through the link (here on-link, no gateway): the lease is in place; no target, no wait
+        let route = |dest: [u8; 4], prefix_len: u8, oif: u32| crate::system::Ipv4Route {
+            destination: Ipv4Addr::from(dest),
+            prefix_len,
+            kind: crate::system::RTN_UNICAST,
+            table: crate::system::RT_TABLE_MAIN,
+            protocol: 16,
+            metric: 100,
+            hops: vec![crate::system::NextHop { oif, gateway: None }],
+        };
+        sys.set_routes(vec![route([168, 0, 0, 0], 7, 2)]);
+        for reach in [imds, None, Some(Ipv4Addr::LOCALHOST)] {
+            match renew_dhcp_within(&sys, "eth0", reach, Duration::from_millis(400)) {
+                Outcome::Done(d) => assert!(d.ends_with("): 10.0.0.4/24"), "{d}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // through another link only: not yet
+        sys.set_routes(vec![route([0, 0, 0, 0], 0, 3)]);
+        assert!(matches!(renew_dhcp_within(&sys, "eth0", imds, Duration::from_millis(400)),
+            Outcome::Done(d) if d.ends_with("(no route to 169.254.169.254 through it yet)")));
+        sys.set_routes(vec![]);
         // reconfigure and renew both refused
         sys.script(
             "networkctl",
             CommandOutput { status: Some(1), stderr: b"Unknown command".to_vec(), ..Default::default() },
         );
-        match renew_dhcp(&sys, "eth0") {
+        match renew_dhcp(&sys, "eth0", None) {
             Outcome::Failed(f) => {
                 assert_eq!(f.reason, NO_LEASE);
                 assert!(f.to_string().contains("Unknown command"), "{f}");
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(argvs(&sys)[1..], ["networkctl reconfigure eth0", "networkctl renew eth0"]);
+        assert_eq!(argvs(&sys)[5..], ["networkctl reconfigure eth0", "networkctl renew eth0"]);
 
         let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &["nmcli"], &[("/run/NetworkManager/x", "")]);
         sys.set_ipv4_addresses(vec![addr(2, "10.0.0.4")]);
-        assert!(matches!(renew_dhcp_within(&sys, "eth0", Duration::from_secs(30)), Outcome::Done(_)));
+        assert!(matches!(renew_dhcp_within(&sys, "eth0", None, Duration::from_secs(30)), Outcome::Done(_)));
         assert_eq!(argvs(&sys), ["nmcli --wait 30 device connect eth0"]);
         assert_eq!(sys.commands()[0].timeout, Duration::from_secs(40));
         // no address in time
         sys.set_ipv4_addresses(vec![addr(2, "169.254.1.1")]);
-        match renew_dhcp_within(&sys, "eth0", Duration::from_millis(100)) {
+        match renew_dhcp_within(&sys, "eth0", None, Duration::from_millis(100)) {
             Outcome::Failed(f) => assert!(f.to_string().contains("no IPv4 address within 100ms"), "{f}"),
             other => panic!("{other:?}"),
         }
@@ -1181,7 +1243,7 @@ mod tests {
         let files = [("/run/dhclient.eth0.pid", "4242\n"), ("/proc/4242/cmdline", CMDLINE)];
         let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &["dhclient"], &files);
         sys.set_ipv4_addresses(vec![addr(2, "10.0.0.4")]);
-        match renew_dhcp(&sys, "eth0") {
+        match renew_dhcp(&sys, "eth0", None) {
             Outcome::Done(d) => {
                 assert!(d.contains("through dhclient (dhclient -r then -1 (pid 4242 replaced))"), "{d}")
             }
@@ -1193,7 +1255,7 @@ mod tests {
         // a failing release: nothing else is run
         let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &["dhclient"], &files);
         sys.script("dhclient", CommandOutput { status: Some(2), stderr: b"no lease".to_vec(), ..Default::default() });
-        match renew_dhcp(&sys, "eth0") {
+        match renew_dhcp(&sys, "eth0", None) {
             Outcome::Failed(f) => {
                 assert_eq!(f.reason, NO_LEASE);
                 assert!(f.to_string().contains("method=dhclient"), "{f}");
@@ -1207,7 +1269,7 @@ mod tests {
             &["dhclient"],
             &[("/run/dhclient.pid", "7\n"), ("/proc/7/cmdline", "/sbin/dhclient\0-d\0-pf\0/run/dhclient.pid\0eth0\0")],
         );
-        assert!(matches!(renew_dhcp(&sys, "eth0"), Outcome::Skipped(r) if r.contains("foreground")));
+        assert!(matches!(renew_dhcp(&sys, "eth0", None), Outcome::Skipped(r) if r.contains("foreground")));
         assert!(sys.commands().is_empty());
     }
 
@@ -1224,7 +1286,7 @@ mod tests {
         ];
         let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &["dhclient"], &files);
         sys.set_ipv4_addresses(vec![addr(2, "10.0.0.4")]);
-        assert!(matches!(renew_dhcp(&sys, "eth0"), Outcome::Done(d) if d.contains("new dhclient for eth0")));
+        assert!(matches!(renew_dhcp(&sys, "eth0", None), Outcome::Done(d) if d.contains("new dhclient for eth0")));
         assert_eq!(
             argvs(&sys),
             ["dhclient -1 -4 -cf /etc/dhcp/x.conf -sf /usr/libexec/s -pf /run/dhclient.eth0.pid -lf \
@@ -1233,14 +1295,14 @@ mod tests {
         // no client runs at all, dhclient installed: the distribution's lease directory
         let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &["dhclient"], &[("/var/lib/dhclient/x", "")]);
         sys.set_ipv4_addresses(vec![addr(2, "10.0.0.4")]);
-        assert!(matches!(renew_dhcp(&sys, "eth0"), Outcome::Done(_)));
+        assert!(matches!(renew_dhcp(&sys, "eth0", None), Outcome::Done(_)));
         assert_eq!(
             argvs(&sys),
             ["dhclient -1 -4 -pf /run/dhclient.eth0.pid -lf /var/lib/dhclient/dhclient.eth0.leases eth0"]
         );
         // and when it fails, it goes on in the background
         sys.script("dhclient", CommandOutput { status: Some(2), ..Default::default() });
-        assert!(matches!(renew_dhcp(&sys, "eth0"), Outcome::Failed(_)));
+        assert!(matches!(renew_dhcp(&sys, "eth0", None), Outcome::Failed(_)));
         assert_eq!(
             argvs(&sys)[1..],
             [
@@ -1255,21 +1317,21 @@ mod tests {
         let files = [("/run/dhcpcd/pid", "88\n"), ("/proc/88/cmdline", "dhcpcd: [manager] [ip4] [ip6]\0")];
         let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &["dhcpcd"], &files);
         sys.set_ipv4_addresses(vec![addr(2, "10.0.0.4")]);
-        assert!(matches!(renew_dhcp(&sys, "eth0"), Outcome::Done(d) if d.contains("dhcpcd -n eth0")));
+        assert!(matches!(renew_dhcp(&sys, "eth0", None), Outcome::Done(d) if d.contains("dhcpcd -n eth0")));
         assert_eq!(argvs(&sys), ["dhcpcd -n eth0"]);
 
         let files = [("/run/wicked/nanny/x", ""), ("/etc/sysconfig/network/dhcp", "")];
         let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &["ifup"], &files);
         sys.set_ipv4_addresses(vec![addr(2, "10.0.0.4")]);
-        assert!(matches!(renew_dhcp(&sys, "eth0"), Outcome::Done(_)));
+        assert!(matches!(renew_dhcp(&sys, "eth0", None), Outcome::Done(_)));
         assert_eq!(argvs(&sys), ["ifup eth0"]);
 
         let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &[], &[]);
-        match renew_dhcp(&sys, "eth0") {
+        match renew_dhcp(&sys, "eth0", None) {
             Outcome::Skipped(r) => assert!(r.starts_with("no DHCP client found"), "{r}"),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(renew_dhcp(&sys, "eth9"), Outcome::Failed(f) if f.reason == NO_INTERFACE));
+        assert!(matches!(renew_dhcp(&sys, "eth9", None), Outcome::Failed(f) if f.reason == NO_INTERFACE));
     }
 
     #[test]
@@ -1533,11 +1595,14 @@ mod tests {
         let b = w.wait_bounce("azp1", LONG).unwrap();
         println!("bounce: {}", b.describe());
         let started = Instant::now();
-        let outcome = renew_dhcp_within(&sys, "azp1", Duration::from_secs(30));
+        // the server's address is reached on-link through azp1 once the lease is back (real netlink route dump)
+        let server = Some(Ipv4Addr::new(10, 99, 0, 1));
+        let outcome = renew_dhcp_within(&sys, "azp1", server, Duration::from_secs(30));
         println!("renew: {outcome:?} in {:?}", started.elapsed());
         match &outcome {
             Outcome::Done(d) => {
-                assert!(d.contains("through dhclient (dhclient -r then -1 (pid ") && d.contains("10.99.0."), "{d}")
+                assert!(d.contains("through dhclient (dhclient -r then -1 (pid ") && d.contains("10.99.0."), "{d}");
+                assert!(!d.contains("no route"), "{d}");
             }
             other => panic!("{other:?}\n{}", log_text()),
         }

@@ -3,7 +3,7 @@
 //! `reprovisiondata`, and then provision like any new VM and report Ready again.
 
 use std::ops::ControlFlow;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{exit, Run, RUN_OVF};
 use crate::duties::{self, Outcome};
@@ -23,6 +23,18 @@ pub(super) struct Customer {
 
 /// systemd's start timeout while the VM waits in the pool (it may wait for days): ten years, in microseconds.
 const POOL_TIMEOUT_USEC: u64 = 10 * 365 * 24 * 3600 * 1_000_000;
+
+/// A connection error this soon after a DHCP renewal is the new lease settling (routes follow the address): the
+/// poll retries without renewing again (each renewal drops the address for a moment).
+const RENEWAL_GRACE: Duration = Duration::from_secs(10);
+
+/// The IPv4 address in an endpoint URL's host (`http://169.254.169.254` → that address), if it is one.
+fn url_ipv4(url: &str) -> Option<std::net::Ipv4Addr> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    host.split(':').next()?.parse().ok()
+}
 
 fn secs(n: u64) -> Option<Duration> {
     (n > 0).then(|| Duration::from_secs(n))
@@ -79,15 +91,19 @@ impl Run<'_> {
                 let timeout = secs(self.cfg.pps.assignment_wait_secs);
                 let Some((nic, mut w)) = watch else {
                     self.record("pps_assignment", StepOutcome::Skipped, t, "not the running system: no NIC".into());
-                    return self.pool_customer();
+                    return self.pool_customer(None);
                 };
-                if kind == PpsKind::Running {
+                let renewed_at = if kind == PpsKind::Running {
                     match w.wait_bounce(&nic.mac, timeout) {
                         Ok(b) => {
                             tracing::info!("pps_assignment: {}", b.describe());
                             self.record("pps_assignment", StepOutcome::Done, t, b.describe());
                             let name = b.link.name.clone();
-                            self.side_step("pps_dhcp", false, |sys, _| duties::pps_network::renew_dhcp(sys, &name));
+                            let imds = url_ipv4(&self.cfg.platform.imds_url);
+                            self.side_step("pps_dhcp", false, |sys, _| {
+                                duties::pps_network::renew_dhcp(sys, &name, imds)
+                            });
+                            Some(self.clock.now())
                         }
                         Err(f) => return Err(Box::new(self.fail(f))),
                     }
@@ -102,39 +118,50 @@ impl Run<'_> {
                     match w.wait_reattach(&nic.mac, &opts, &mut |_| true) {
                         Ok(r) => {
                             tracing::info!("pps_assignment: {}", r.describe());
-                            self.record("pps_assignment", StepOutcome::Done, t, r.describe())
+                            self.record("pps_assignment", StepOutcome::Done, t, r.describe());
+                            Some(self.clock.now())
                         }
                         Err(f) => return Err(Box::new(self.fail(f))),
                     }
-                }
+                };
+                return self.pool_customer(renewed_at);
             }
             PpsKind::None => {}
         }
-        self.pool_customer()
+        self.pool_customer(None)
     }
 
     /// After the assignment: the customer's OVF from `reprovisiondata` and the customer's instance document.
-    fn pool_customer(&mut self) -> Result<Customer, Box<super::RunOutcome>> {
+    /// `renewed_at`: when the assignment's own DHCP step ended.
+    fn pool_customer(&mut self, mut renewed_at: Option<Instant>) -> Result<Customer, Box<super::RunOutcome>> {
         // the customer's OVF
         let t = self.clock.now();
         let client = super::imds_client(self.cfg);
         let mut rcfg = ReprovisionConfig::new(self.cfg.platform.imds_url.clone());
         rcfg.deadline = secs(self.cfg.pps.reprovision_wait_secs);
-        let sys = self.sys;
+        let (sys, clock) = (self.sys, self.clock);
         let mut renewals = 0u32;
         let mac = self.progress.primary_mac.clone();
+        let imds = url_ipv4(&self.cfg.platform.imds_url);
         let mut on_conn_error = |e: &TransportError| {
+            if renewed_at.is_some_and(|r| clock.now().saturating_duration_since(r) < RENEWAL_GRACE) {
+                tracing::info!(
+                    "IMDS unreachable while polling reprovisiondata ({e}), just after a DHCP renewal: retrying"
+                );
+                return ControlFlow::Continue(());
+            }
             // the network changed under us (a NIC moved): get a lease on it again and keep polling
             renewals += 1;
             tracing::info!("IMDS unreachable while polling reprovisiondata ({e}): renewing DHCP");
             match duties::pps_network::pool_nic(sys, mac.as_deref()) {
                 Ok(nic) => {
-                    if let Outcome::Failed(f) = duties::pps_network::renew_dhcp(sys, &nic.name) {
+                    if let Outcome::Failed(f) = duties::pps_network::renew_dhcp(sys, &nic.name, imds) {
                         tracing::warn!("DHCP renewal failed: {f}");
                     }
                 }
                 Err(f) => tracing::warn!("no NIC to renew DHCP on: {f}"),
             }
+            renewed_at = Some(clock.now());
             ControlFlow::Continue(())
         };
         let bytes = match imds::fetch_reprovision_data(&client, &rcfg, self.clock, &mut on_conn_error) {
@@ -224,5 +251,20 @@ impl Run<'_> {
             self.side_step("hostname_publish", false, |sys, _| duties::hostname_publish::publish(sys, &name));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_ipv4;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn endpoint_address_from_url() {
+        assert_eq!(url_ipv4("http://169.254.169.254"), Some(Ipv4Addr::new(169, 254, 169, 254)));
+        assert_eq!(url_ipv4("http://127.0.0.1:8080/metadata"), Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(url_ipv4("http://u@10.0.0.1:1?x"), Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(url_ipv4("http://imds.example/"), None);
+        assert_eq!(url_ipv4("http://[::1]:80/"), None);
     }
 }
