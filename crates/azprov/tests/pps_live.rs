@@ -72,6 +72,12 @@ fn savable_pool_vm_live() {
     let a = s.pps_assignment.as_ref().expect("a pps_assignment step");
     assert_eq!(a.outcome, "done");
     assert!(a.detail.starts_with("eth0 detached; hot-attached: eth1 (10.99.0."), "{}", a.detail);
+    // the pool NIC's dhclient (daemonized after the pool lease) is not left retrying on the vanished interface
+    assert!(
+        a.detail.contains("; stopped dhclient pid ") && a.detail.contains(" of the detached eth0 (dhclient -x)"),
+        "{}",
+        a.detail
+    );
     assert!(s.addresses.iter().any(|l| l.starts_with("eth1 10.99.0.")), "{:?}", s.addresses);
     assert!(s.dhcp_acks >= 2, "the pool's lease and the hot-attached NIC's");
 }

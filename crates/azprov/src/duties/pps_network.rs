@@ -13,13 +13,13 @@
 //! re-read the links' state, so a missed notification only delays the answer.
 
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::dhcp_client::{detect, run_ok, DhclientProc, Stack};
+use super::dhcp_client::{detect, run_ok, running_dhclients, DhclientProc, Stack};
 use super::{nics, Outcome};
 use crate::report::Failure;
-use std::net::Ipv4Addr;
 
 use crate::system::{Command, Ipv4Address, Link, LinkEvent, LinkWatch, System, ARPHRD_ETHER, IFF_UP};
 
@@ -147,6 +147,8 @@ pub struct Reattached {
     pub nics: Vec<AttachedNic>,
     /// Hot-attached NICs that got no lease, with the reason.
     pub skipped: Vec<String>,
+    /// What became of DHCP clients left serving the detached NIC (see [`stop_detached_dhclients`]).
+    pub stopped: Vec<String>,
 }
 
 impl Reattached {
@@ -165,6 +167,9 @@ impl Reattached {
         let mut s = format!("{} detached; hot-attached: {}", self.detached.name, nics.join(", "));
         if !self.skipped.is_empty() {
             s.push_str(&format!("; without lease: {}", self.skipped.join("; ")));
+        }
+        if !self.stopped.is_empty() {
+            s.push_str(&format!("; {}", self.stopped.join("; ")));
         }
         s
     }
@@ -408,7 +413,8 @@ impl<'a> Watcher<'a> {
         let deadline = opts.timeout.map(|t| started + t);
         let left = || deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let detached = self.wait_detach(nic, left())?;
-        let mut done = Reattached { detached, nics: Vec::new(), skipped: Vec::new() };
+        let stopped = stop_detached_dhclients(self.sys, &detached.name);
+        let mut done = Reattached { detached, nics: Vec::new(), skipped: Vec::new(), stopped };
         loop {
             let attached = self.wait_attach(left(), opts.link_up_tries, opts.link_up_interval).map_err(|f| {
                 f.with("nic", nic).with("with_lease", done.nics.len()).with("without_lease", done.skipped.join("; "))
@@ -431,6 +437,35 @@ impl<'a> Watcher<'a> {
             }
         }
     }
+}
+
+/// Savable, after the pool NIC `ifname` went away: stop each `dhclient` that served only it. ISC dhclient keeps
+/// retrying on a vanished interface, and a hot-attached NIC may be given the same name. `dhclient -x <its
+/// arguments>` stops it without a release (the NIC is gone); dhclient then exits non-zero for the missing interface,
+/// so what counts is that the process is gone afterwards. A foreground client (`-d`) belongs to a service manager
+/// and is left to it. Answers one line per client found; nothing when none runs (or not on the running system).
+pub fn stop_detached_dhclients(sys: &dyn System, ifname: &str) -> Vec<String> {
+    if !sys.is_live() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for p in running_dhclients(sys).into_iter().filter(|p| p.interfaces() == [ifname]) {
+        if p.args.iter().any(|a| a == "-d") {
+            out.push(format!("dhclient pid {} of {ifname} runs in the foreground (-d): left to its service", p.pid));
+            continue;
+        }
+        let args: Vec<String> = p.args.iter().filter(|a| *a != "-1" && *a != "-nw").cloned().collect();
+        let mut cmd = with_first("-x", &args);
+        cmd.timeout = Duration::from_secs(15);
+        let ran = sys.run(&cmd);
+        let alive = running_dhclients(sys).iter().any(|q| q.pid == p.pid);
+        out.push(match (alive, ran) {
+            (false, _) => format!("stopped dhclient pid {} of the detached {ifname} (dhclient -x)", p.pid),
+            (true, Ok(o)) => format!("dhclient pid {} of the detached {ifname} still runs: {}", p.pid, o.stderr_text()),
+            (true, Err(e)) => format!("dhclient pid {} of the detached {ifname} still runs: {e}", p.pid),
+        });
+    }
+    out
 }
 
 /// Bring a new link up (see [`Watcher::wait_attach`]); answers it with its current state and name.
@@ -1236,6 +1271,29 @@ mod tests {
             Outcome::Failed(f) => assert!(f.to_string().contains("no IPv4 address within 100ms"), "{f}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_detached_nics_dhclient_is_stopped() {
+        let files = [("/run/dhclient.eth0.pid", "4242\n"), ("/proc/4242/cmdline", CMDLINE)];
+        let (_d, sys) = sandbox(vec![lo()], &["dhclient"], &files);
+        // the fake process never goes away: reported as still running, after one `dhclient -x` with its arguments
+        let out = stop_detached_dhclients(&sys, "eth0");
+        assert_eq!(out.len(), 1);
+        assert!(out[0].starts_with("dhclient pid 4242 of the detached eth0 still runs"), "{out:?}");
+        let rest = "-4 -v -i -pf /run/dhclient.eth0.pid -lf /var/lib/dhcp/dhclient.eth0.leases -I -df \
+                    /var/lib/dhcp/dhclient6.eth0.leases eth0";
+        assert_eq!(argvs(&sys), [format!("dhclient -x {rest}")]);
+        // a client of another interface, or none at all: nothing run
+        assert!(stop_detached_dhclients(&sys, "eth1").is_empty());
+        // a foreground client is its service's
+        let (_d, sys) = sandbox(
+            vec![lo()],
+            &["dhclient"],
+            &[("/run/dhclient.pid", "7\n"), ("/proc/7/cmdline", "/sbin/dhclient\0-d\0-pf\0/run/dhclient.pid\0eth0\0")],
+        );
+        assert!(stop_detached_dhclients(&sys, "eth0")[0].contains("foreground"));
+        assert!(sys.commands().is_empty());
     }
 
     #[test]
