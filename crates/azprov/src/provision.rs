@@ -787,7 +787,10 @@ impl<'a> Run<'a> {
                 // a host name set now (IMDS differs from the OVF, or the network came up first) was not in the DHCP
                 // request: tell the platform DNS through the running DHCP client, without restarting the network
                 if let (true, Some(name)) = (pending.contains(&"hostname") && self.sys.is_live(), id.hostname.clone()) {
-                    self.side_step("hostname_publish", false, |sys, _| duties::hostname_publish::publish(sys, &name));
+                    let wire = self.wire_addr();
+                    self.side_step("hostname_publish", false, |sys, _| {
+                        duties::hostname_publish::publish(sys, &name, Some(wire))
+                    });
                 }
             }
         }
@@ -931,13 +934,7 @@ impl<'a> Run<'a> {
             return;
         }
         let mac = self.progress.primary_mac.clone();
-        let url = self.wire_url();
-        let addr = url
-            .trim_start_matches("http://")
-            .split([':', '/'])
-            .next()
-            .and_then(|h| h.parse::<std::net::Ipv4Addr>().ok())
-            .unwrap_or(endpoint::DEFAULT_WIRESERVER);
+        let addr = self.wire_addr();
         let add_default = self.cfg.duties.routes.add_default_route;
         self.side_step("routes", false, |sys, _| duties::routes::ensure(sys, mac.as_deref(), addr, add_default));
     }
@@ -985,6 +982,11 @@ impl<'a> Run<'a> {
         };
         self.wire_url = Some(url.clone());
         url
+    }
+
+    /// The wireserver's address (its URL's host; the platform's default when that is a name).
+    fn wire_addr(&mut self) -> std::net::Ipv4Addr {
+        endpoint::url_ipv4(&self.wire_url()).unwrap_or(endpoint::DEFAULT_WIRESERVER)
     }
 
     fn wire_config(&mut self) -> WireConfig {

@@ -1,13 +1,28 @@
 //! The DHCP client stack of the running system, shared by the duties that make it send a new DHCP request:
 //! host-name publishing (`hostname_publish`) and the network waits of pre-provisioned VMs (`pps_network`).
 
-use std::path::Path;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::excerpt;
-use crate::system::{Command, System};
+use crate::system::{Command, Ipv4Address, System};
 
 /// systemd-networkd runs (its state file).
 pub const NETWORKD_STATE: &str = "/run/systemd/netif/state";
+/// systemd-networkd's lease files, one per link index: present exactly while the link holds a DHCPv4 lease.
+pub const NETWORKD_LEASES: &str = "/run/systemd/netif/leases";
+/// How long `networkctl reconfigure` gets to drop the link's lease (it acts a moment after the command returned).
+pub const RECONFIGURE_SETTLE: Duration = Duration::from_secs(2);
+/// How often the lease file is looked at while waiting for the drop: the gap lasts one DHCP exchange (70 ms and up).
+const DROP_POLL: Duration = Duration::from_millis(20);
+/// How often the lease file is looked for while waiting for a new lease.
+const LEASE_POLL: Duration = Duration::from_millis(50);
+/// How often an address is looked for while DHCP runs.
+pub(crate) const ADDRESS_POLL: Duration = Duration::from_millis(250);
+/// How long a new lease's address may precede its gateway route (networkd adds the address, then the routes; a
+/// request in between meets "Network is unreachable").
+pub(crate) const ROUTE_SETTLE: Duration = Duration::from_secs(5);
 /// NetworkManager runs.
 pub const NM_RUN: &str = "/run/NetworkManager";
 /// wicked's DHCP settings (SUSE).
@@ -115,6 +130,56 @@ pub fn detect(sys: &dyn System) -> Option<Stack> {
     None
 }
 
+/// The text of networkd's lease of link `index`, when it holds one.
+pub fn networkd_lease(sys: &dyn System, index: u32) -> Option<String> {
+    sys.read_to_string(&PathBuf::from(format!("{NETWORKD_LEASES}/{index}"))).ok()
+}
+
+/// What networkd did after `networkctl reconfigure` ([`networkd_reconfigure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relet {
+    /// The lease was dropped (or there was none) and a new one is in place.
+    Renewed,
+    /// The old lease was still there after [`RECONFIGURE_SETTLE`]: networkd kept it (or the drop was missed).
+    Kept,
+    /// Dropped, and no new lease by the deadline.
+    NoLease,
+}
+
+/// Wait until `deadline` for networkd to hold a lease on link `index`.
+pub fn networkd_wait_lease(sys: &dyn System, index: u32, deadline: Instant) -> bool {
+    loop {
+        if networkd_lease(sys, index).is_some() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(LEASE_POLL.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
+/// `networkctl reconfigure IF` (link `index`), then what networkd does with it: the command returns before networkd
+/// acts, so the lease it held is still there for a moment. Waits up to [`RECONFIGURE_SETTLE`] for that lease to go
+/// (its lease file is removed), then until `deadline` for the new one. `Err` when the command failed.
+pub fn networkd_reconfigure(sys: &dyn System, ifname: &str, index: u32, deadline: Instant) -> Result<Relet, String> {
+    let had = networkd_lease(sys, index).is_some();
+    run_ok(sys, &Command::new("networkctl", &["reconfigure", ifname]))?;
+    if had {
+        let settle = (Instant::now() + RECONFIGURE_SETTLE).min(deadline);
+        loop {
+            if networkd_lease(sys, index).is_none() {
+                break;
+            }
+            if Instant::now() >= settle {
+                return Ok(Relet::Kept);
+            }
+            std::thread::sleep(DROP_POLL.min(settle.saturating_duration_since(Instant::now())));
+        }
+    }
+    Ok(if networkd_wait_lease(sys, index, deadline) { Relet::Renewed } else { Relet::NoLease })
+}
+
 /// `dhclient` processes named by `/run/dhclient*.pid` or `/var/run/dhclient*.pid` that are alive.
 pub fn running_dhclients(sys: &dyn System) -> Vec<DhclientProc> {
     running_clients(sys, "dhclient")
@@ -163,6 +228,55 @@ pub(crate) fn run_ok(sys: &dyn System, cmd: &Command) -> Result<(), String> {
         Ok(o) if o.success() => Ok(()),
         Ok(o) => Err(format!("{} exited {:?}: {}", cmd.display(), o.status, excerpt(&o.stderr))),
         Err(e) => Err(format!("{}: {e}", cmd.display())),
+    }
+}
+
+pub(crate) fn addresses_of(sys: &dyn System, index: u32) -> Vec<Ipv4Address> {
+    sys.ipv4_addresses()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| a.index == index && !a.address.is_link_local() && !a.address.is_unspecified())
+        .collect()
+}
+
+/// Whether the route the kernel would pick for `target` leaves through link `index`.
+pub(crate) fn routed_through(sys: &dyn System, index: u32, target: Ipv4Addr) -> bool {
+    let routes = sys.ipv4_routes().unwrap_or_default();
+    super::routes::best_route(&routes, target)
+        .is_some_and(|r| r.kind == crate::system::RTN_UNICAST && r.hops.iter().any(|h| h.oif == index))
+}
+
+/// After a DHCP client was asked for a lease on link `index`: its addresses once it has one (empty when none came
+/// by `deadline`), and, when `reach` names a (non-loopback) address, whether a route to it through the link
+/// followed within [`ROUTE_SETTLE`] (bounded by `deadline`).
+pub(crate) fn wait_for_lease(
+    sys: &dyn System,
+    index: u32,
+    reach: Option<Ipv4Addr>,
+    deadline: Instant,
+) -> (Vec<Ipv4Address>, bool) {
+    let a = wait_for_address(sys, index, deadline);
+    let Some(target) = reach.filter(|t| !a.is_empty() && !t.is_loopback()) else { return (a, true) };
+    let until = (Instant::now() + ROUTE_SETTLE).min(deadline);
+    loop {
+        if routed_through(sys, index, target) {
+            return (a, true);
+        }
+        if Instant::now() >= until {
+            return (a, false);
+        }
+        std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
+    }
+}
+
+/// Wait until link `index` has an address, until `deadline`.
+pub(crate) fn wait_for_address(sys: &dyn System, index: u32, deadline: Instant) -> Vec<Ipv4Address> {
+    loop {
+        let a = addresses_of(sys, index);
+        if !a.is_empty() || Instant::now() >= deadline {
+            return a;
+        }
+        std::thread::sleep(ADDRESS_POLL.min(deadline.saturating_duration_since(Instant::now())));
     }
 }
 

@@ -8,9 +8,13 @@
 //! (`DHCLIENT_HOSTNAME_OPTION`, `ifup`). A failure is `failure to publish hostname`, which the caller treats as a
 //! warning.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use super::dhcp_client::{detect, run_ok, DhclientProc, Stack, WICKED_DHCP};
+use super::dhcp_client::{
+    detect, networkd_reconfigure, run_ok, wait_for_lease, DhclientProc, Relet, Stack, ROUTE_SETTLE, WICKED_DHCP,
+};
 use super::{excerpt, hostname, Outcome};
 use crate::report::Failure;
 use crate::system::{Command, System};
@@ -21,6 +25,8 @@ pub const FAILURE: &str = "failure to publish hostname";
 const NETWORKD_LEASES: &str = "/run/systemd/netif/leases";
 const DHCLIENT_CONF: &str = "/etc/dhcp/dhclient.conf";
 const SEND_HOST_NAME: &str = "send host-name = gethostname();";
+/// How long networkd gets to take its new lease after `networkctl reconfigure`.
+const RELET_WAIT: Duration = Duration::from_secs(10);
 
 /// `dhclient.conf` text that sends the current host name: an explicit `send host-name …;` becomes
 /// `send host-name = gethostname();`, and the line is added when there is none. Idempotent.
@@ -82,7 +88,8 @@ fn failed(method: &str, what: impl std::fmt::Display) -> Outcome {
 
 /// Make the platform DNS learn `name` through the running DHCP client, without restarting the network stack.
 /// Live only. Call it after `hostname::apply` set the kernel host name (the DHCP clients send `gethostname()`).
-pub fn publish(sys: &dyn System, name: &str) -> Outcome {
+/// `reach`: the platform address (the wireserver) whose route a renewed lease should bring back before this answers.
+pub fn publish(sys: &dyn System, name: &str, reach: Option<Ipv4Addr>) -> Outcome {
     if !sys.is_live() {
         return Outcome::Skipped("not the running system".into());
     }
@@ -94,7 +101,7 @@ pub fn publish(sys: &dyn System, name: &str) -> Outcome {
             "no running DHCP client found (systemd-networkd, NetworkManager, dhclient, wicked): nothing to publish through"
                 .into(),
         ),
-        Some(Stack::Networkd) => networkd(sys, &name),
+        Some(Stack::Networkd) => networkd(sys, &name, reach),
         Some(Stack::NetworkManager) => network_manager(sys, &name),
         Some(Stack::Dhclient(procs)) => dhclient(sys, &name, &procs),
         Some(Stack::Wicked) => wicked(sys, &name),
@@ -116,7 +123,7 @@ pub fn networkd_links(list: &str) -> Vec<(u32, String)> {
         .collect()
 }
 
-fn networkd(sys: &dyn System, name: &str) -> Outcome {
+fn networkd(sys: &dyn System, name: &str, reach: Option<Ipv4Addr>) -> Outcome {
     const M: &str = "systemd-networkd";
     let list = match sys.run(&Command::new("networkctl", &["list", "--no-legend", "--no-pager"])) {
         Ok(o) if o.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -136,19 +143,35 @@ fn networkd(sys: &dyn System, name: &str) -> Outcome {
     }
     let mut done = Vec::new();
     for (idx, ifname) in targets {
-        if let Err(e) = run_ok(sys, &Command::new("networkctl", &["reconfigure", ifname])) {
-            return Outcome::Failed(
-                Failure::new(FAILURE).with("method", M).with("interface", ifname).with("exception", e),
-            );
-        }
+        // networkd drops the lease a moment after the command returns and asks again: wait for the new lease (and
+        // the route to the platform through it), so that what follows (routes, the Ready report) finds the network
+        // back. A link without a lease is not waited for.
+        let had_lease = lease(*idx).is_some();
+        let deadline = Instant::now() + if had_lease { RELET_WAIT } else { Duration::ZERO };
+        let relet = match networkd_reconfigure(sys, ifname, *idx, deadline) {
+            Ok(r) => r,
+            Err(e) => {
+                return Outcome::Failed(
+                    Failure::new(FAILURE).with("method", M).with("interface", ifname).with("exception", e),
+                )
+            }
+        };
         // the lease shows a HOSTNAME= only when the server echoes the name back: a confirmation when present
         let echoed =
             lease(*idx).and_then(|l| l.lines().find_map(|x| x.strip_prefix("HOSTNAME=").map(|v| v.trim().to_string())));
-        let confirm = match echoed {
-            Some(h) if h == name => "lease confirms the name".to_string(),
-            Some(h) => format!("lease still shows {h} (renewal pending)"),
-            None => "requested (the lease does not show sent names)".to_string(),
+        let mut confirm = match (relet, echoed) {
+            (Relet::NoLease, _) if had_lease => format!("no new lease within {}s", RELET_WAIT.as_secs()),
+            (Relet::NoLease, _) => "requested (no lease to renew)".to_string(),
+            (Relet::Kept, _) => "requested (networkd kept its lease: renewal pending)".to_string(),
+            (Relet::Renewed, Some(h)) if h == name => "new lease; it confirms the name".to_string(),
+            (Relet::Renewed, Some(h)) => format!("new lease; it still shows {h}"),
+            (Relet::Renewed, None) => "new lease (it does not show sent names)".to_string(),
         };
+        if relet == Relet::Renewed {
+            if let (Some(r), (_, false)) = (reach, wait_for_lease(sys, *idx, reach, Instant::now() + ROUTE_SETTLE)) {
+                confirm.push_str(&format!("; no route to {r} through it yet"));
+            }
+        }
         done.push(format!("networkctl reconfigure {ifname}: {confirm}"));
     }
     Outcome::Done(format!("published {name} through {M} ({note}): {}", done.join("; ")))
@@ -394,17 +417,17 @@ mod tests {
     fn skips_under_a_root_and_when_nothing_runs() {
         let d = tempfile::tempdir().unwrap();
         let sys = RecordingSystem::new(d.path());
-        match publish(&sys, "vm1") {
+        match publish(&sys, "vm1", None) {
             Outcome::Skipped(r) => assert_eq!(r, "not the running system"),
             other => panic!("{other:?}"),
         }
         sys.pretend_live();
-        match publish(&sys, "vm1") {
+        match publish(&sys, "vm1", None) {
             Outcome::Skipped(r) => assert!(r.contains("no running DHCP client"), "{r}"),
             other => panic!("{other:?}"),
         }
         assert!(sys.commands().is_empty());
-        match publish(&sys, "bad_name") {
+        match publish(&sys, "bad_name", None) {
             Outcome::Failed(f) => assert_eq!(f.reason, FAILURE),
             other => panic!("{other:?}"),
         }
@@ -415,7 +438,7 @@ mod tests {
         let (_d, sys) = sandbox(&[("/run/dhcpcd/pid", "10\n"), ("/proc/10/cmdline", "dhcpcd: [manager] [ip4]\0")]);
         sys.script("dhcpcd", ok(""));
         sys.uninstall("dhclient");
-        match publish(&sys, "vm1") {
+        match publish(&sys, "vm1", None) {
             Outcome::Skipped(r) => assert!(r.contains("dhcpcd"), "{r}"),
             other => panic!("{other:?}"),
         }
@@ -427,32 +450,58 @@ mod tests {
 
     #[test]
     fn networkd_reconfigures_links_with_a_lease() {
-        let (_d, sys) = sandbox(&[
-            (NETWORKD_STATE, "OPER_STATE=routable\n"),
-            ("/run/systemd/netif/leases/2", "ADDRESS=10.0.0.4\nHOSTNAME=web-01\n"),
-        ]);
+        let lease = "/run/systemd/netif/leases/2";
+        let (d, sys) =
+            sandbox(&[(NETWORKD_STATE, "OPER_STATE=routable\n"), (lease, "ADDRESS=10.0.0.4\nHOSTNAME=vm0\n")]);
         sys.script("networkctl", ok(NETWORKCTL_LIST));
-        match publish(&sys, "web-01.example.internal") {
+        sys.set_ipv4_addresses(vec![crate::system::Ipv4Address {
+            index: 2,
+            address: Ipv4Addr::new(10, 0, 0, 4),
+            prefix_len: 24,
+        }]);
+        // networkd drops the lease a moment after the command, then writes the new one (the server echoed the name)
+        let file = d.path().join(lease.trim_start_matches('/'));
+        let networkd = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(80));
+            std::fs::remove_file(&file).unwrap();
+            std::thread::sleep(Duration::from_millis(120));
+            std::fs::write(&file, "ADDRESS=10.0.0.4\nHOSTNAME=web-01\n").unwrap();
+        });
+        let t = Instant::now();
+        match publish(&sys, "web-01.example.internal", None) {
+            Outcome::Done(d) => assert_eq!(
+                d,
+                "published web-01 through systemd-networkd (links with a DHCP lease): networkctl reconfigure eth0: \
+                 new lease; it confirms the name"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(t.elapsed() >= Duration::from_millis(200), "waited for the new lease: {:?}", t.elapsed());
+        networkd.join().unwrap();
+        assert_eq!(argvs(&sys), ["networkctl list --no-legend --no-pager", "networkctl reconfigure eth0"]);
+        // a networkd that keeps the lease: said so after the settle time
+        let (_d, sys) = sandbox(&[(NETWORKD_STATE, "x\n"), (lease, "ADDRESS=10.0.0.4\n")]);
+        sys.script("networkctl", ok(NETWORKCTL_LIST));
+        match publish(&sys, "web-01", Some(Ipv4Addr::new(168, 63, 129, 16))) {
             Outcome::Done(d) => {
-                assert!(d.contains("systemd-networkd") && d.contains("lease confirms the name"), "{d}")
+                assert!(d.ends_with("eth0: requested (networkd kept its lease: renewal pending)"), "{d}")
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(argvs(&sys), ["networkctl list --no-legend --no-pager", "networkctl reconfigure eth0"]);
     }
 
     #[test]
     fn networkd_without_leases_reconfigures_every_managed_ether_link_and_reports_failure() {
         let (_d, sys) = sandbox(&[(NETWORKD_STATE, "OPER_STATE=routable\n")]);
         sys.script("networkctl", ok(NETWORKCTL_LIST));
-        assert!(matches!(publish(&sys, "vm1"), Outcome::Done(_)));
+        assert!(matches!(publish(&sys, "vm1", None), Outcome::Done(_)));
         assert_eq!(
             argvs(&sys),
             ["networkctl list --no-legend --no-pager", "networkctl reconfigure eth0", "networkctl reconfigure eth1"]
         );
         let (_d, sys) = sandbox(&[(NETWORKD_STATE, "x\n")]);
         sys.script("networkctl", CommandOutput { status: Some(1), stderr: b"boom".to_vec(), ..Default::default() });
-        match publish(&sys, "vm1") {
+        match publish(&sys, "vm1", None) {
             Outcome::Failed(f) => {
                 assert_eq!(f.reason, FAILURE);
                 assert!(f.to_string().contains("method=systemd-networkd"), "{f}");
@@ -469,7 +518,7 @@ mod tests {
             ok("eth0:ethernet:connected:Wired connection 1\neth1:ethernet:connected:a\\:b\nlo:loopback:connected (externally):lo\n\
                 eth2:ethernet:disconnected:\n"),
         );
-        match publish(&sys, "vm1") {
+        match publish(&sys, "vm1", None) {
             Outcome::Done(d) => assert!(d.contains("eth0 (Wired connection 1) reapplied"), "{d}"),
             other => panic!("{other:?}"),
         }
@@ -508,7 +557,7 @@ mod tests {
             ("/etc/dhcp/dhclient.conf", "# conf\nsend host-name \"old-name\";\nrequest subnet-mask;\n"),
         ]);
         sys.script("dhclient", ok(""));
-        match publish(&sys, "vm1") {
+        match publish(&sys, "vm1", None) {
             Outcome::Done(d) => {
                 assert!(d.contains("/etc/dhcp/dhclient.conf sends the host name"), "{d}");
                 assert!(d.contains("restarted without release (pid 4242)"), "{d}");
@@ -527,7 +576,7 @@ mod tests {
         );
         // again: the configuration is not rewritten
         let before = std::fs::metadata(d.path().join("etc/dhcp/dhclient.conf")).unwrap().modified().unwrap();
-        match publish(&sys, "vm1") {
+        match publish(&sys, "vm1", None) {
             Outcome::Done(r) => assert!(!r.contains("sends the host name"), "{r}"),
             other => panic!("{other:?}"),
         }
@@ -548,7 +597,7 @@ mod tests {
             ("/etc/sysconfig/network-scripts/ifcfg-eth0", "DEVICE=eth0\nBOOTPROTO=dhcp\nDHCP_HOSTNAME=old\n"),
         ]);
         sys.script("dhclient", ok(""));
-        assert!(matches!(publish(&sys, "vm1"), Outcome::Done(_)));
+        assert!(matches!(publish(&sys, "vm1", None), Outcome::Done(_)));
         assert_eq!(read(&d, "/etc/dhcp/dhclient-eth0.conf"), format!("{SEND_HOST_NAME}\n"));
         assert_eq!(
             read(&d, "/etc/sysconfig/network-scripts/ifcfg-eth0"),
@@ -572,12 +621,12 @@ mod tests {
             ("/proc/5/cmdline", "/usr/bin/sleep\0x\0"),
         ]);
         sys.script("dhclient", ok(""));
-        assert!(matches!(publish(&sys, "vm1"), Outcome::Skipped(_)));
+        assert!(matches!(publish(&sys, "vm1", None), Outcome::Skipped(_)));
         assert!(sys.commands().is_empty());
         // a failing dhclient: failure to publish hostname
         let (_d, sys) = sandbox(&[("/run/dhclient.eth0.pid", "4242\n"), ("/proc/4242/cmdline", CMDLINE)]);
         sys.script("dhclient", CommandOutput { status: Some(2), stderr: b"no".to_vec(), ..Default::default() });
-        match publish(&sys, "vm1") {
+        match publish(&sys, "vm1", None) {
             Outcome::Failed(f) => {
                 assert_eq!(f.reason, FAILURE);
                 assert!(f.to_string().contains("interface=eth0"), "{f}");
@@ -590,7 +639,7 @@ mod tests {
             ("/proc/7/cmdline", "/sbin/dhclient\0-d\0-pf\0/run/dhclient.pid\0eth0\0"),
         ]);
         sys.script("dhclient", ok(""));
-        match publish(&sys, "vm1") {
+        match publish(&sys, "vm1", None) {
             Outcome::Done(d) => assert!(d.contains("not restarted"), "{d}"),
             other => panic!("{other:?}"),
         }
@@ -609,7 +658,7 @@ mod tests {
         let link = |index: u32, name: &str| crate::system::Link { index, name: name.into(), ..Default::default() };
         sys.set_links(vec![link(1, "lo"), link(3, "eth1")]);
         sys.script("dhclient", ok(""));
-        match publish(&sys, "vm1") {
+        match publish(&sys, "vm1", None) {
             Outcome::Done(d) => {
                 assert!(d.contains("pid 4242 serves eth0 (no longer present): not restarted"), "{d}");
                 assert!(d.contains("dhclient eth1 restarted without release"), "{d}");
@@ -632,12 +681,12 @@ mod tests {
             ("/etc/sysconfig/network/ifcfg-lo", "BOOTPROTO='static'\n"),
         ]);
         sys.script("ifup", ok(""));
-        assert!(matches!(publish(&sys, "vm1"), Outcome::Done(_)));
+        assert!(matches!(publish(&sys, "vm1", None), Outcome::Done(_)));
         assert_eq!(read(&d, WICKED_DHCP), "DHCLIENT_SET_HOSTNAME=\"no\"\nDHCLIENT_HOSTNAME_OPTION=\"vm1\"\n");
         assert_eq!(argvs(&sys), ["ifup eth0"]);
         std::fs::write(d.path().join(WICKED_DHCP.trim_start_matches('/')), "DHCLIENT_HOSTNAME_OPTION=\"AUTO\"\n")
             .unwrap();
-        match publish(&sys, "vm1") {
+        match publish(&sys, "vm1", None) {
             Outcome::Done(r) => assert!(r.contains("AUTO kept"), "{r}"),
             other => panic!("{other:?}"),
         }
@@ -744,7 +793,7 @@ mod tests {
         while running_dhclients(&sys).is_empty() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let outcome = publish(&sys, NEW_NAME);
+        let outcome = publish(&sys, NEW_NAME, None);
         println!("outcome: {outcome:?}");
         match &outcome {
             Outcome::Done(d) => assert!(d.contains("dhclient azp1 restarted without release (pid "), "{d}"),

@@ -17,7 +17,10 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::dhcp_client::{detect, run_ok, running_dhclients, DhclientProc, Stack};
+use super::dhcp_client::{
+    addresses_of, detect, networkd_lease, networkd_reconfigure, networkd_wait_lease, run_ok, running_dhclients,
+    wait_for_address, wait_for_lease, DhclientProc, Relet, Stack, ADDRESS_POLL,
+};
 use super::{nics, Outcome};
 use crate::report::Failure;
 
@@ -47,13 +50,8 @@ pub const DETACH_TIMEOUT: &str = "timeout waiting for the pre-provisioned NIC to
 /// Savable: no (primary) NIC was hot-attached.
 pub const ATTACH_TIMEOUT: &str = "timeout waiting for a hot-attached primary NIC";
 
-/// How often an address is looked for while DHCP runs.
-const ADDRESS_POLL: Duration = Duration::from_millis(250);
-/// How long `networkctl reconfigure` gets to drop the old lease's address before the wait for a new one.
-const RECONFIGURE_SETTLE: Duration = Duration::from_secs(2);
-/// How long a new lease's address may precede its gateway route (networkd adds the address, then the routes; a
-/// request in between meets "Network is unreachable").
-const ROUTE_SETTLE: Duration = Duration::from_secs(5);
+/// After a link bounce, how long networkd gets to take a new lease by itself before it is asked to.
+const CARRIER_LEASE_WAIT: Duration = Duration::from_secs(10);
 /// Pause before asking a stack again whose command failed (NetworkManager refusing a device not ready yet).
 const RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// The most one `dhclient -1` attempt may take (its own `timeout`, 60 s by default, decides first).
@@ -501,62 +499,6 @@ fn bring_up(sys: &dyn System, mut link: Link, tries: u32, interval: Duration) ->
 }
 
 /// Usable (not link-local) IPv4 addresses of link `index`.
-fn addresses_of(sys: &dyn System, index: u32) -> Vec<Ipv4Address> {
-    sys.ipv4_addresses()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|a| a.index == index && !a.address.is_link_local() && !a.address.is_unspecified())
-        .collect()
-}
-
-/// Wait until the addresses of link `index` differ from `before` (or `before` is empty), until `deadline`.
-fn wait_address_change(sys: &dyn System, index: u32, before: &[Ipv4Address], deadline: Instant) {
-    while !before.is_empty() && addresses_of(sys, index) == before && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now())));
-    }
-}
-
-/// Whether the route the kernel would pick for `target` leaves through link `index`.
-fn routed_through(sys: &dyn System, index: u32, target: Ipv4Addr) -> bool {
-    let routes = sys.ipv4_routes().unwrap_or_default();
-    super::routes::best_route(&routes, target)
-        .is_some_and(|r| r.kind == crate::system::RTN_UNICAST && r.hops.iter().any(|h| h.oif == index))
-}
-
-/// After a DHCP client was asked for a lease on link `index`: its addresses once it has one (empty when none came
-/// by `deadline`), and, when `reach` names a (non-loopback) address, whether a route to it through the link
-/// followed within [`ROUTE_SETTLE`] (bounded by `deadline`).
-fn wait_for_lease(
-    sys: &dyn System,
-    index: u32,
-    reach: Option<Ipv4Addr>,
-    deadline: Instant,
-) -> (Vec<Ipv4Address>, bool) {
-    let a = wait_for_address(sys, index, deadline);
-    let Some(target) = reach.filter(|t| !a.is_empty() && !t.is_loopback()) else { return (a, true) };
-    let until = (Instant::now() + ROUTE_SETTLE).min(deadline);
-    loop {
-        if routed_through(sys, index, target) {
-            return (a, true);
-        }
-        if Instant::now() >= until {
-            return (a, false);
-        }
-        std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
-    }
-}
-
-/// Wait until link `index` has an address, until `deadline`.
-fn wait_for_address(sys: &dyn System, index: u32, deadline: Instant) -> Vec<Ipv4Address> {
-    loop {
-        let a = addresses_of(sys, index);
-        if !a.is_empty() || Instant::now() >= deadline {
-            return a;
-        }
-        std::thread::sleep(ADDRESS_POLL.min(deadline.saturating_duration_since(Instant::now())));
-    }
-}
-
 fn index_of(sys: &dyn System, ifname: &str) -> Result<u32, Failure> {
     let links = sys.links().map_err(|e| watch_failed("read links", e))?;
     links
@@ -725,17 +667,22 @@ pub fn renew_dhcp_within(sys: &dyn System, ifname: &str, reach: Option<Ipv4Addr>
     let failed = |method: &str, e: String| {
         Outcome::Failed(Failure::new(NO_LEASE).with("interface", ifname).with("method", method).with("exception", e))
     };
-    let (method, did) =
-        match detect(sys) {
-            Some(Stack::Networkd) => {
-                let before = addresses_of(sys, index);
-                let reconfigure = run_ok(sys, &Command::new("networkctl", &["reconfigure", ifname]));
-                match reconfigure {
-                    Ok(()) => {
-                        // networkctl returns before networkd acts: the old lease's address is still there, and
-                        // drops a moment later (seen in the VM test: "renewed", then "Network is unreachable")
-                        wait_address_change(sys, index, &before, Instant::now() + RECONFIGURE_SETTLE.min(wait / 4));
-                        ("systemd-networkd", format!("networkctl reconfigure {ifname}"))
+    let (method, did) = match detect(sys) {
+        Some(Stack::Networkd) => {
+            let deadline = Instant::now() + wait;
+            // networkd drops its lease when the carrier goes and asks again by itself when it comes back
+            if networkd_lease(sys, index).is_none()
+                && networkd_wait_lease(sys, index, (Instant::now() + CARRIER_LEASE_WAIT.min(wait / 2)).min(deadline))
+            {
+                ("systemd-networkd", "its own new lease after the carrier came back".to_string())
+            } else {
+                match networkd_reconfigure(sys, ifname, index, deadline) {
+                    Ok(Relet::Renewed) => ("systemd-networkd", format!("networkctl reconfigure {ifname}")),
+                    Ok(Relet::Kept) => {
+                        ("systemd-networkd", format!("networkctl reconfigure {ifname}; the old lease stayed in place"))
+                    }
+                    Ok(Relet::NoLease) => {
+                        ("systemd-networkd", format!("networkctl reconfigure {ifname}; no lease file since"))
                     }
                     Err(e) => match run_ok(sys, &Command::new("networkctl", &["renew", ifname])) {
                         Ok(()) => ("systemd-networkd", format!("networkctl renew {ifname} (reconfigure failed: {e})")),
@@ -743,33 +690,36 @@ pub fn renew_dhcp_within(sys: &dyn System, ifname: &str, reach: Option<Ipv4Addr>
                     },
                 }
             }
-            Some(Stack::NetworkManager) => match run_ok(sys, &nm_connect(ifname, wait)) {
-                Ok(()) => ("NetworkManager", format!("nmcli device connect {ifname}")),
-                Err(e) => return failed("NetworkManager", e),
-            },
-            Some(Stack::Wicked) => match run_ok(sys, &Command::new("ifup", &[ifname])) {
-                Ok(()) => ("wicked", format!("ifup {ifname}")),
-                Err(e) => return failed("wicked", e),
-            },
-            Some(Stack::Dhcpcd(_)) => match run_ok(sys, &Command::new("dhcpcd", &["-n", ifname])) {
-                Ok(()) => ("dhcpcd", format!("dhcpcd -n {ifname}")),
-                Err(e) => return failed("dhcpcd", e),
-            },
-            Some(Stack::Dhclient(procs)) => match renew_dhclient(sys, &procs, ifname, wait) {
-                Ok(d) => ("dhclient", d),
-                Err(RenewError::Skip(r)) => return Outcome::Skipped(r),
-                Err(RenewError::Fail(e)) => return failed("dhclient", e),
-            },
-            None if sys.has_program("dhclient") => match renew_dhclient(sys, &[], ifname, wait) {
-                Ok(d) => ("dhclient", d),
-                Err(RenewError::Skip(r)) => return Outcome::Skipped(r),
-                Err(RenewError::Fail(e)) => return failed("dhclient", e),
-            },
-            None => return Outcome::Skipped(
+        }
+        Some(Stack::NetworkManager) => match run_ok(sys, &nm_connect(ifname, wait)) {
+            Ok(()) => ("NetworkManager", format!("nmcli device connect {ifname}")),
+            Err(e) => return failed("NetworkManager", e),
+        },
+        Some(Stack::Wicked) => match run_ok(sys, &Command::new("ifup", &[ifname])) {
+            Ok(()) => ("wicked", format!("ifup {ifname}")),
+            Err(e) => return failed("wicked", e),
+        },
+        Some(Stack::Dhcpcd(_)) => match run_ok(sys, &Command::new("dhcpcd", &["-n", ifname])) {
+            Ok(()) => ("dhcpcd", format!("dhcpcd -n {ifname}")),
+            Err(e) => return failed("dhcpcd", e),
+        },
+        Some(Stack::Dhclient(procs)) => match renew_dhclient(sys, &procs, ifname, wait) {
+            Ok(d) => ("dhclient", d),
+            Err(RenewError::Skip(r)) => return Outcome::Skipped(r),
+            Err(RenewError::Fail(e)) => return failed("dhclient", e),
+        },
+        None if sys.has_program("dhclient") => match renew_dhclient(sys, &[], ifname, wait) {
+            Ok(d) => ("dhclient", d),
+            Err(RenewError::Skip(r)) => return Outcome::Skipped(r),
+            Err(RenewError::Fail(e)) => return failed("dhclient", e),
+        },
+        None => {
+            return Outcome::Skipped(
                 "no DHCP client found (systemd-networkd, NetworkManager, dhclient, wicked, dhcpcd): lease not renewed"
                     .into(),
-            ),
-        };
+            )
+        }
+    };
     let (a, routed) = wait_for_lease(sys, index, reach, Instant::now() + wait);
     if a.is_empty() {
         return failed(method, format!("{did}: no IPv4 address within {wait:?}"));
@@ -1154,9 +1104,12 @@ mod tests {
         assert_eq!(sys.links_set_up(), [3, 4, 5]);
         // a new client with the running one's lease directory, per interface, until the deadline; eth2 and eth3
         // had their addresses at once (configured by the stack)
+        // — after the detached eth0's own client was asked to stop (its fake process stays: reported as running)
         let cmds = argvs(&sys);
-        assert!(!cmds.is_empty());
-        for c in cmds {
+        assert!(cmds.len() > 1);
+        assert!(cmds[0].starts_with("dhclient -x -4 -v -i -pf /run/dhclient.eth0.pid "), "{cmds:?}");
+        assert!(text.contains("; dhclient pid 4242 of the detached eth0 still runs"), "{text}");
+        for c in &cmds[1..] {
             assert_eq!(c, "dhclient -1 -4 -pf /run/dhclient.eth1.pid -lf /var/lib/dhcp/dhclient.eth1.leases eth1");
         }
     }
@@ -1209,20 +1162,25 @@ mod tests {
 
     #[test]
     fn renew_through_networkd_and_network_manager() {
-        let (_d, sys) = sandbox(vec![lo(), link(2, "eth0", MAC0, true)], &["networkctl"], &[(NETWORKD_STATE, "x\n")]);
+        let lease = "/run/systemd/netif/leases/2";
+        let (_d, sys) = sandbox(
+            vec![lo(), link(2, "eth0", MAC0, true)],
+            &["networkctl"],
+            &[(NETWORKD_STATE, "x\n"), (lease, "ADDRESS=10.0.0.4\n")],
+        );
         sys.set_ipv4_addresses(vec![addr(2, "10.0.0.4")]);
-        // the address never drops here (a networkd that kept it): a quarter of the wait for the drop, then done
+        // the lease never drops here (a networkd that kept it): the settle time (bounded by the wait), then done
         let t = Instant::now();
         let imds = Some(Ipv4Addr::new(169, 254, 169, 254));
         match renew_dhcp_within(&sys, "eth0", imds, Duration::from_millis(400)) {
             Outcome::Done(d) => assert_eq!(
                 d,
-                "renewed the lease of eth0 through systemd-networkd (networkctl reconfigure eth0): 10.0.0.4/24 \
-                 (no route to 169.254.169.254 through it yet)"
+                "renewed the lease of eth0 through systemd-networkd (networkctl reconfigure eth0; the old lease \
+                 stayed in place): 10.0.0.4/24 (no route to 169.254.169.254 through it yet)"
             ),
             other => panic!("{other:?}"),
         }
-        assert!(t.elapsed() >= Duration::from_millis(100), "{:?}", t.elapsed());
+        assert!(t.elapsed() >= Duration::from_millis(400), "{:?}", t.elapsed());
         assert_eq!(argvs(&sys), ["networkctl reconfigure eth0"]);
         // the target reached through the link (here on-link, no gateway): the lease is in place; no target, no wait
         let route = |dest: [u8; 4], prefix_len: u8, oif: u32| crate::system::Ipv4Route {
@@ -1237,7 +1195,7 @@ mod tests {
         sys.set_routes(vec![route([168, 0, 0, 0], 7, 2)]);
         for reach in [imds, None, Some(Ipv4Addr::LOCALHOST)] {
             match renew_dhcp_within(&sys, "eth0", reach, Duration::from_millis(400)) {
-                Outcome::Done(d) => assert!(d.ends_with("): 10.0.0.4/24"), "{d}"),
+                Outcome::Done(d) => assert!(d.ends_with("in place): 10.0.0.4/24"), "{d}"),
                 other => panic!("{other:?}"),
             }
         }
@@ -1294,6 +1252,56 @@ mod tests {
         );
         assert!(stop_detached_dhclients(&sys, "eth0")[0].contains("foreground"));
         assert!(sys.commands().is_empty());
+    }
+
+    #[test]
+    fn renew_through_networkd_follows_its_lease_file() {
+        let lease = "/run/systemd/netif/leases/2";
+        let eth0 = || vec![lo(), link(2, "eth0", MAC0, true)];
+        // networkd at work: the lease file goes, then comes back
+        let later = |root: &Path, steps: Vec<(u64, bool)>| {
+            let file = root.join(lease.trim_start_matches('/'));
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::thread::spawn(move || {
+                for (ms, present) in steps {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    if present {
+                        std::fs::write(&file, "ADDRESS=10.0.0.4\n").unwrap();
+                    } else {
+                        std::fs::remove_file(&file).unwrap();
+                    }
+                }
+            })
+        };
+        // no lease after the bounce: networkd takes a new one by itself, nothing is run
+        let (d, sys) = sandbox(eth0(), &["networkctl"], &[(NETWORKD_STATE, "x\n")]);
+        sys.set_ipv4_addresses(vec![addr(2, "10.0.0.4")]);
+        let h = later(d.path(), vec![(100, true)]);
+        match renew_dhcp_within(&sys, "eth0", None, Duration::from_secs(20)) {
+            Outcome::Done(d) => assert!(d.contains("(its own new lease after the carrier came back)"), "{d}"),
+            other => panic!("{other:?}"),
+        }
+        h.join().unwrap();
+        assert!(sys.commands().is_empty());
+        // a lease networkd held through the bounce: reconfigured, dropped a moment later, then a new one
+        let (d, sys) = sandbox(eth0(), &["networkctl"], &[(NETWORKD_STATE, "x\n"), (lease, "ADDRESS=10.0.0.4\n")]);
+        sys.set_ipv4_addresses(vec![addr(2, "10.0.0.4")]);
+        let h = later(d.path(), vec![(60, false), (150, true)]);
+        let t = Instant::now();
+        match renew_dhcp_within(&sys, "eth0", None, Duration::from_secs(20)) {
+            Outcome::Done(d) => assert!(d.contains("(networkctl reconfigure eth0): 10.0.0.4/24"), "{d}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(t.elapsed() >= Duration::from_millis(200), "{:?}", t.elapsed());
+        h.join().unwrap();
+        assert_eq!(argvs(&sys), ["networkctl reconfigure eth0"]);
+        // no lease, ever: asked after half the wait, and said so
+        let (_d, sys) = sandbox(eth0(), &["networkctl"], &[(NETWORKD_STATE, "x\n")]);
+        sys.set_ipv4_addresses(vec![addr(2, "10.0.0.4")]);
+        match renew_dhcp_within(&sys, "eth0", None, Duration::from_millis(300)) {
+            Outcome::Done(d) => assert!(d.contains("(networkctl reconfigure eth0; no lease file since)"), "{d}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

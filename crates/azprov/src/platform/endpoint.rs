@@ -12,6 +12,14 @@ use crate::system::System;
 
 /// The public-cloud wireserver address and the fallback when nothing else is known.
 pub const DEFAULT_WIRESERVER: Ipv4Addr = Ipv4Addr::new(168, 63, 129, 16);
+
+/// The IPv4 address in an endpoint URL's host (`http://169.254.169.254/metadata` → that address), if it is one.
+pub fn url_ipv4(url: &str) -> Option<Ipv4Addr> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    host.split(':').next()?.parse().ok()
+}
 /// DHCP option carrying the wireserver address (4 bytes, big-endian IPv4).
 pub const OPTION_WIRESERVER: u8 = 245;
 /// `168.63.129.16` as `/proc/net/route` prints it (little-endian hex).
@@ -535,6 +543,15 @@ pub fn discover(sys: &dyn System, now_unix: i64) -> Discovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoint_address_from_url() {
+        assert_eq!(url_ipv4("http://169.254.169.254"), Some(Ipv4Addr::new(169, 254, 169, 254)));
+        assert_eq!(url_ipv4("http://127.0.0.1:8080/metadata"), Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(url_ipv4("http://u@10.0.0.1:1?x"), Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(url_ipv4("http://imds.example/"), None);
+        assert_eq!(url_ipv4("http://[::1]:80/"), None);
+    }
     use crate::system::record::RecordingSystem;
     use crate::testutil::fixture;
 

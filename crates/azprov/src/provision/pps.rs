@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::{exit, Run, RUN_OVF};
 use crate::duties::{self, Outcome};
 use crate::plan::{self, Phase, PpsKind};
+use crate::platform::endpoint;
 use crate::platform::http::TransportError;
 use crate::platform::imds::{self, ImdsConfig, Instance, ReprovisionConfig};
 use crate::platform::ovf::{self, Environment};
@@ -27,14 +28,6 @@ const POOL_TIMEOUT_USEC: u64 = 10 * 365 * 24 * 3600 * 1_000_000;
 /// A connection error this soon after a DHCP renewal is the new lease settling (routes follow the address): the
 /// poll retries without renewing again (each renewal drops the address for a moment).
 const RENEWAL_GRACE: Duration = Duration::from_secs(10);
-
-/// The IPv4 address in an endpoint URL's host (`http://169.254.169.254` → that address), if it is one.
-fn url_ipv4(url: &str) -> Option<std::net::Ipv4Addr> {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    host.split(':').next()?.parse().ok()
-}
 
 fn secs(n: u64) -> Option<Duration> {
     (n > 0).then(|| Duration::from_secs(n))
@@ -99,7 +92,7 @@ impl Run<'_> {
                             tracing::info!("pps_assignment: {}", b.describe());
                             self.record("pps_assignment", StepOutcome::Done, t, b.describe());
                             let name = b.link.name.clone();
-                            let imds = url_ipv4(&self.cfg.platform.imds_url);
+                            let imds = endpoint::url_ipv4(&self.cfg.platform.imds_url);
                             self.side_step("pps_dhcp", false, |sys, _| {
                                 duties::pps_network::renew_dhcp(sys, &name, imds)
                             });
@@ -142,7 +135,7 @@ impl Run<'_> {
         let (sys, clock) = (self.sys, self.clock);
         let mut renewals = 0u32;
         let mac = self.progress.primary_mac.clone();
-        let imds = url_ipv4(&self.cfg.platform.imds_url);
+        let imds = endpoint::url_ipv4(&self.cfg.platform.imds_url);
         let mut on_conn_error = |e: &TransportError| {
             if renewed_at.is_some_and(|r| clock.now().saturating_duration_since(r) < RENEWAL_GRACE) {
                 tracing::info!(
@@ -248,23 +241,11 @@ impl Run<'_> {
         self.local_side_steps(env)?;
         // the pool's DHCP lease carried the pool's name: tell the platform DNS the customer's
         if let (true, Some(name)) = (self.sys.is_live(), id.hostname) {
-            self.side_step("hostname_publish", false, |sys, _| duties::hostname_publish::publish(sys, &name));
+            let wire = self.wire_addr();
+            self.side_step("hostname_publish", false, |sys, _| {
+                duties::hostname_publish::publish(sys, &name, Some(wire))
+            });
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::url_ipv4;
-    use std::net::Ipv4Addr;
-
-    #[test]
-    fn endpoint_address_from_url() {
-        assert_eq!(url_ipv4("http://169.254.169.254"), Some(Ipv4Addr::new(169, 254, 169, 254)));
-        assert_eq!(url_ipv4("http://127.0.0.1:8080/metadata"), Some(Ipv4Addr::LOCALHOST));
-        assert_eq!(url_ipv4("http://u@10.0.0.1:1?x"), Some(Ipv4Addr::new(10, 0, 0, 1)));
-        assert_eq!(url_ipv4("http://imds.example/"), None);
-        assert_eq!(url_ipv4("http://[::1]:80/"), None);
     }
 }
