@@ -329,11 +329,15 @@ pub struct RoutesDuty {
     pub enabled: bool,
     /// Also add a default route via that gateway when the main table has none.
     pub add_default_route: bool,
+    /// How long the duty waits for the primary NIC's lease (an address, then briefly its routes) before it looks at
+    /// the routing table: on a later boot the network phase can start before the DHCP client has a lease. 0 = no
+    /// wait.
+    pub wait_secs: u64,
 }
 
 impl Default for RoutesDuty {
     fn default() -> Self {
-        RoutesDuty { enabled: true, add_default_route: true }
+        RoutesDuty { enabled: true, add_default_route: true, wait_secs: 30 }
     }
 }
 

@@ -936,7 +936,10 @@ impl<'a> Run<'a> {
         let mac = self.progress.primary_mac.clone();
         let addr = self.wire_addr();
         let add_default = self.cfg.duties.routes.add_default_route;
-        self.side_step("routes", false, |sys, _| duties::routes::ensure(sys, mac.as_deref(), addr, add_default));
+        let wait = Duration::from_secs(self.cfg.duties.routes.wait_secs);
+        self.side_step("routes", false, |sys, _| {
+            duties::routes::ensure_after_lease(sys, mac.as_deref(), addr, add_default, wait)
+        });
     }
 
     /// A later boot of a provisioned VM: only the every-boot duties.

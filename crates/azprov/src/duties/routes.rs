@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
+use super::dhcp_client::wait_for_lease;
 use super::nics::{self, Nic};
 use super::Outcome;
 use crate::report::Failure;
@@ -191,6 +193,45 @@ fn show(r: &NewIpv4Route, dev: &str) -> String {
 
 /// Make sure the wireserver and IMDS are reached through the primary NIC (the interface with `primary_mac`,
 /// IMDS `network.interface[0].macAddress`). Live only: under `--root` the routing table is not the target's.
+/// [`ensure`], once the primary NIC has its lease: an address within `wait`, then (briefly, see
+/// [`ROUTE_SETTLE`](super::dhcp_client::ROUTE_SETTLE)) a route to the wireserver through it. A wait that took time is
+/// noted in the outcome. Without a known primary NIC, or on a sandbox root, no wait.
+pub fn ensure_after_lease(
+    sys: &dyn System,
+    primary_mac: Option<&str>,
+    wireserver: Ipv4Addr,
+    add_default: bool,
+    wait: Duration,
+) -> Outcome {
+    let started = Instant::now();
+    let primary = primary_mac
+        .filter(|m| sys.is_live() && !wait.is_zero() && !m.trim().is_empty())
+        .and_then(|mac| nics::read_nics(sys).ok().and_then(|n| nics::primary(&n, mac).ok().cloned()))
+        .filter(|p| p.index != 0);
+    let waited = match primary {
+        Some(p) => {
+            let (addresses, routed) = wait_for_lease(sys, p.index, Some(wireserver), started + wait);
+            let took = started.elapsed();
+            match (addresses.is_empty(), routed) {
+                (true, _) => Some(format!("{} had no IPv4 address after {:.1} s", p.name, took.as_secs_f64())),
+                _ if took < Duration::from_millis(100) => None,
+                (false, true) => Some(format!("waited {:.1} s for the lease of {}", took.as_secs_f64(), p.name)),
+                (false, false) => Some(format!(
+                    "waited {:.1} s for the lease of {} (no route to {wireserver} through it came)",
+                    took.as_secs_f64(),
+                    p.name
+                )),
+            }
+        }
+        None => None,
+    };
+    match (ensure(sys, primary_mac, wireserver, add_default), waited) {
+        (Outcome::Done(d), Some(w)) => Outcome::Done(format!("{d} ({w})")),
+        (Outcome::Skipped(r), Some(w)) => Outcome::Skipped(format!("{r} ({w})")),
+        (o, _) => o,
+    }
+}
+
 pub fn ensure(sys: &dyn System, primary_mac: Option<&str>, wireserver: Ipv4Addr, add_default: bool) -> Outcome {
     let routes = match sys.ipv4_routes() {
         Ok(r) => r,
@@ -413,6 +454,36 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(sys.added_routes().len(), 2, "second run adds nothing");
+    }
+
+    #[test]
+    fn duty_waits_for_the_primary_nics_lease() {
+        let (_d, sys) = sandbox();
+        sys.pretend_live();
+        let mut t = connected();
+        t.push(route("default", Some("10.0.0.1"), 2, 200));
+        sys.set_routes(t);
+        // no address on eth0 yet: the whole wait, then the table as it is (noted)
+        let started = std::time::Instant::now();
+        match ensure_after_lease(&sys, Some(MAC0), WS, true, Duration::from_millis(300)) {
+            Outcome::Done(d) => assert!(d.ends_with("(eth0 had no IPv4 address after 0.3 s)"), "{d}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        // the lease is there (address, default route through eth0): no wait, nothing noted
+        sys.set_ipv4_addresses(vec![crate::system::Ipv4Address {
+            index: 2,
+            address: Ipv4Addr::new(10, 0, 0, 4),
+            prefix_len: 24,
+        }]);
+        let started = std::time::Instant::now();
+        match ensure_after_lease(&sys, Some(MAC0), WS, true, Duration::from_secs(30)) {
+            Outcome::Done(d) => assert!(d.starts_with("no change") && !d.contains("wait"), "{d}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // no wait configured, or an unknown primary NIC: straight to the table
+        assert!(matches!(ensure_after_lease(&sys, None, WS, true, Duration::from_secs(30)), Outcome::Skipped(_)));
     }
 
     #[test]
