@@ -182,6 +182,8 @@ pub struct ReattachOptions {
     pub dhcp_timeout: Duration,
     pub link_up_tries: u32,
     pub link_up_interval: Duration,
+    /// The platform address (IMDS) whose route through a NIC that got its lease is waited for (briefly).
+    pub reach: Option<Ipv4Addr>,
 }
 
 impl Default for ReattachOptions {
@@ -191,6 +193,7 @@ impl Default for ReattachOptions {
             dhcp_timeout: DHCP_TIMEOUT,
             link_up_tries: LINK_UP_TRIES,
             link_up_interval: LINK_UP_INTERVAL,
+            reach: None,
         }
     }
 }
@@ -421,6 +424,10 @@ impl<'a> Watcher<'a> {
             let dhcp_for = left().map_or(opts.dhcp_timeout, |l| l.min(opts.dhcp_timeout));
             match dhcp_link(self.sys, &name, dhcp_for) {
                 Ok(addresses) => {
+                    // the stack adds the lease's routes after its address
+                    if opts.reach.is_some() {
+                        let _ = wait_for_lease(self.sys, attached.link.index, opts.reach, Instant::now() + dhcp_for);
+                    }
                     let nic = AttachedNic { link: attached.link, addresses };
                     let primary = is_primary(&nic);
                     done.nics.push(nic);
@@ -1085,6 +1092,7 @@ mod tests {
             dhcp_timeout: Duration::from_millis(300),
             link_up_tries: 5,
             link_up_interval: Duration::from_millis(1),
+            reach: None,
         };
         let mut asked = Vec::new();
         let r = w

@@ -104,6 +104,7 @@ impl Run<'_> {
                     let opts = duties::pps_network::ReattachOptions {
                         timeout,
                         dhcp_timeout: Duration::from_secs(self.cfg.pps.dhcp_wait_secs),
+                        reach: endpoint::url_ipv4(&self.cfg.platform.imds_url),
                         ..Default::default()
                     };
                     // the first NIC with a lease: IMDS (asked next) names the customer's primary NIC, and the
