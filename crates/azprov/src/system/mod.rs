@@ -354,6 +354,10 @@ pub trait System: Send + Sync {
     /// `BLKFLSBUF`: write back and drop the device's page cache, so the next read sees what was written through
     /// another node of the same disk (a partition has a cache of its own).
     fn flush_buffers(&self, dev: &Path) -> io::Result<()>;
+    /// An exclusive BSD lock on the whole-disk device `dev` (host path), held until the lock is dropped: udev neither
+    /// probes the disk nor re-reads its partition table (removing and re-adding the partition nodes) while a tool
+    /// holds it (systemd's block device locking). Waits a few seconds for udev's own shared lock.
+    fn lock_block_device(&self, dev: &Path) -> io::Result<Box<dyn Lock>>;
     /// `BLKRRPART`: ask the kernel to re-read the partition table.
     fn reread_partitions(&self, dev: &Path) -> io::Result<()>;
     /// `BLKPG_ADD_PARTITION` (what `partx -a` does), for kernels that did not create the node themselves.

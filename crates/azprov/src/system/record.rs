@@ -369,6 +369,9 @@ impl System for RecordingSystem {
     fn flush_buffers(&self, dev: &Path) -> io::Result<()> {
         self.inner.flush_buffers(dev)
     }
+    fn lock_block_device(&self, dev: &Path) -> io::Result<Box<dyn Lock>> {
+        self.inner.lock_block_device(dev)
+    }
     fn reread_partitions(&self, dev: &Path) -> io::Result<()> {
         self.inner.reread_partitions(dev)
     }

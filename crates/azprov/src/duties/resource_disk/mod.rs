@@ -289,6 +289,15 @@ pub fn run_every_boot(sys: &dyn System, cfg: &ResourceDiskDuty, opts: &RunOption
             return Outcome::Skipped(format!("{label} is in use as swap: left alone"));
         }
     }
+    // from the first look at the disk to the mount: udev must not re-read the partition table (its inotify watch
+    // fires when our writes close the disk) and take the partition node away under mkfs or mount
+    let disk_lock = match sys.lock_block_device(&disk) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::debug!("resource disk: no lock on {}: {e}", disk.display());
+            None
+        }
+    };
     // a partition node has a page cache of its own: drop the disk's, which may predate writes through a partition
     let _ = sys.flush_buffers(&disk);
     let src = match sys.open_host_read(&disk) {
@@ -336,6 +345,7 @@ pub fn run_every_boot(sys: &dyn System, cfg: &ResourceDiskDuty, opts: &RunOption
     if let Err(e) = sys.mount(&node, &mp, &fstype, "") {
         return fail("mount failed", &node, e);
     }
+    drop(disk_lock);
     notes.push(format!("mounted at {}", mp.display()));
     after_mount(sys, cfg, opts, &node, &mp, formatted, &label, notes)
 }
@@ -362,17 +372,28 @@ fn format(sys: &dyn System, disk: &Path, info: &BlockInfo, fs: DiskFilesystem) -
             return Err(fail("cannot write the partition table", disk, e));
         }
     }
-    let node = ensure_partition(sys, disk, gpt.partition)?;
-    let cmd = match fs {
-        DiskFilesystem::Ext4 => {
-            let n = node.display().to_string();
-            Command::new("mkfs.ext4", &["-F", "-q", "-E", "lazy_itable_init=1,lazy_journal_init=1", &n])
-        }
-        DiskFilesystem::Xfs => Command::new("mkfs.xfs", &["-f", "-q", &node.display().to_string()]),
+    let mut node = ensure_partition(sys, disk, gpt.partition)?;
+    let mkfs = |node: &Path| {
+        let n = node.display().to_string();
+        let mut cmd = match fs {
+            DiskFilesystem::Ext4 => {
+                Command::new("mkfs.ext4", &["-F", "-q", "-E", "lazy_itable_init=1,lazy_journal_init=1", &n])
+            }
+            DiskFilesystem::Xfs => Command::new("mkfs.xfs", &["-f", "-q", &n]),
+        };
+        cmd.timeout = Duration::from_secs(600);
+        cmd
     };
-    let mut cmd = cmd;
-    cmd.timeout = Duration::from_secs(600);
-    match sys.run(&cmd) {
+    let mut cmd = mkfs(&node);
+    let mut ran = sys.run(&cmd);
+    // the partition node went away under mkfs (a partition table re-read by someone else): once more
+    if matches!(&ran, Ok(out) if !out.success()) && sys.open_host_read(&node).is_err() {
+        tracing::info!("resource disk: {} vanished during mkfs: partition ensured again", node.display());
+        node = ensure_partition(sys, disk, gpt.partition)?;
+        cmd = mkfs(&node);
+        ran = sys.run(&cmd);
+    }
+    match ran {
         Ok(out) if out.success() => Ok(node),
         Ok(out) => Err(Outcome::Failed(
             Failure::new("resource disk: mkfs failed")
