@@ -103,7 +103,7 @@ pub fn publish(sys: &dyn System, name: &str, reach: Option<Ipv4Addr>) -> Outcome
         ),
         Some(Stack::Networkd) => networkd(sys, &name, reach),
         Some(Stack::NetworkManager) => network_manager(sys, &name),
-        Some(Stack::Dhclient(procs)) => dhclient(sys, &name, &procs),
+        Some(Stack::Dhclient(procs)) => dhclient(sys, &name, &procs, reach),
         Some(Stack::Wicked) => wicked(sys, &name),
         Some(Stack::Dhcpcd(_)) => {
             Outcome::Skipped("dhcpcd runs: azprov does not publish the host name through dhcpcd".into())
@@ -259,11 +259,12 @@ fn network_manager(sys: &dyn System, name: &str) -> Outcome {
     Outcome::Done(format!("published {name} through {M}: {}", done.join("; ")))
 }
 
-fn dhclient(sys: &dyn System, name: &str, procs: &[DhclientProc]) -> Outcome {
+fn dhclient(sys: &dyn System, name: &str, procs: &[DhclientProc], reach: Option<Ipv4Addr>) -> Outcome {
     const M: &str = "dhclient";
     let mut done = Vec::new();
     // the kernel's links, when they can be read: a client whose interfaces are all gone is not restarted
-    let present: Option<Vec<String>> = sys.links().ok().map(|l| l.into_iter().map(|l| l.name).collect());
+    let links = sys.links().ok();
+    let present: Option<Vec<String>> = links.as_ref().map(|l| l.iter().map(|l| l.name.clone()).collect());
     for p in procs {
         let ifs = p.interfaces();
         if let Some(present) = &present {
@@ -329,6 +330,15 @@ fn dhclient(sys: &dyn System, name: &str, procs: &[DhclientProc]) -> Outcome {
         while alive.is_none() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(50));
             alive = alive_pid();
+        }
+        // dhclient-script's STOP flushed the address; a background (-nw) client gets it back after returning: what
+        // follows (routes, the Ready report) needs the lease and the platform route back
+        if args.iter().any(|a| a == "-nw") {
+            for ifname in &ifs {
+                if let Some(l) = links.iter().flatten().find(|l| &l.name == ifname) {
+                    let _ = wait_for_lease(sys, l.index, reach, Instant::now() + RELET_WAIT);
+                }
+            }
         }
         match alive {
             Some(pid) => done.push(format!("dhclient {} restarted without release (pid {pid})", ifs.join(","))),
