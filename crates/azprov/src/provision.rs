@@ -987,6 +987,11 @@ impl<'a> Run<'a> {
         url
     }
 
+    /// IMDS's address, when its configured URL names one.
+    fn imds_addr(&self) -> Option<std::net::Ipv4Addr> {
+        endpoint::url_ipv4(&self.cfg.platform.imds_url)
+    }
+
     /// The wireserver's address (its URL's host; the platform's default when that is a name).
     fn wire_addr(&mut self) -> std::net::Ipv4Addr {
         endpoint::url_ipv4(&self.wire_url()).unwrap_or(endpoint::DEFAULT_WIRESERVER)

@@ -21,6 +21,21 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// Ask `done` every `every` (real time) until it says yes or `deadline` passes; answers whether it said yes. Asked
+/// once more at the deadline.
+pub fn poll_until(deadline: Instant, every: Duration, mut done: impl FnMut() -> bool) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        std::thread::sleep(every.min(left));
+    }
+}
+
 /// `2026-11-25T17:20:01.123456+00:00`
 pub fn iso8601_utc(us: i64) -> String {
     let secs = us.div_euclid(1_000_000);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::excerpt;
 use crate::system::{Command, Ipv4Address, System};
+use crate::timeutil::poll_until;
 
 /// systemd-networkd runs (its state file).
 pub const NETWORKD_STATE: &str = "/run/systemd/netif/state";
@@ -75,6 +76,10 @@ const DHCLIENT_VALUE_OPTS: &[&str] = &[
 ];
 
 impl DhclientProc {
+    /// Started in the foreground (`-d`): it belongs to a service manager.
+    pub fn is_foreground(&self) -> bool {
+        self.args.iter().any(|a| a == "-d")
+    }
     /// The value of option `opt` (`-cf FILE`).
     pub fn option(&self, opt: &str) -> Option<&str> {
         self.args.iter().position(|a| a == opt).and_then(|i| self.args.get(i + 1)).map(String::as_str)
@@ -148,15 +153,7 @@ pub enum Relet {
 
 /// Wait until `deadline` for networkd to hold a lease on link `index`.
 pub fn networkd_wait_lease(sys: &dyn System, index: u32, deadline: Instant) -> bool {
-    loop {
-        if networkd_lease(sys, index).is_some() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(LEASE_POLL.min(deadline.saturating_duration_since(Instant::now())));
-    }
+    poll_until(deadline, LEASE_POLL, || networkd_lease(sys, index).is_some())
 }
 
 /// `networkctl reconfigure IF` (link `index`), then what networkd does with it: the command returns before networkd
@@ -165,19 +162,23 @@ pub fn networkd_wait_lease(sys: &dyn System, index: u32, deadline: Instant) -> b
 pub fn networkd_reconfigure(sys: &dyn System, ifname: &str, index: u32, deadline: Instant) -> Result<Relet, String> {
     let had = networkd_lease(sys, index).is_some();
     run_ok(sys, &Command::new("networkctl", &["reconfigure", ifname]))?;
-    if had {
-        let settle = (Instant::now() + RECONFIGURE_SETTLE).min(deadline);
-        loop {
-            if networkd_lease(sys, index).is_none() {
-                break;
-            }
-            if Instant::now() >= settle {
-                return Ok(Relet::Kept);
-            }
-            std::thread::sleep(DROP_POLL.min(settle.saturating_duration_since(Instant::now())));
-        }
+    let settle = (Instant::now() + RECONFIGURE_SETTLE).min(deadline);
+    if had && !poll_until(settle, DROP_POLL, || networkd_lease(sys, index).is_none()) {
+        return Ok(Relet::Kept);
     }
     Ok(if networkd_wait_lease(sys, index, deadline) { Relet::Renewed } else { Relet::NoLease })
+}
+
+/// `dhclient <first> <args>`.
+pub(crate) fn dhclient_cmd(first: &str, args: &[String]) -> Command {
+    let mut argv: Vec<&str> = vec![first];
+    argv.extend(args.iter().map(String::as_str));
+    Command::new("dhclient", &argv)
+}
+
+/// dhclient arguments without its mode (`-1` once, `-nw` background), for another mode (`-x`, `-r`, `-1`).
+pub(crate) fn without_mode(args: &[String]) -> Vec<String> {
+    args.iter().filter(|a| *a != "-1" && *a != "-nw").cloned().collect()
 }
 
 /// `dhclient` processes named by `/run/dhclient*.pid` or `/var/run/dhclient*.pid` that are alive.
@@ -258,26 +259,18 @@ pub(crate) fn wait_for_lease(
     let a = wait_for_address(sys, index, deadline);
     let Some(target) = reach.filter(|t| !a.is_empty() && !t.is_loopback()) else { return (a, true) };
     let until = (Instant::now() + ROUTE_SETTLE).min(deadline);
-    loop {
-        if routed_through(sys, index, target) {
-            return (a, true);
-        }
-        if Instant::now() >= until {
-            return (a, false);
-        }
-        std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
-    }
+    let routed = poll_until(until, Duration::from_millis(50), || routed_through(sys, index, target));
+    (a, routed)
 }
 
 /// Wait until link `index` has an address, until `deadline`.
 pub(crate) fn wait_for_address(sys: &dyn System, index: u32, deadline: Instant) -> Vec<Ipv4Address> {
-    loop {
-        let a = addresses_of(sys, index);
-        if !a.is_empty() || Instant::now() >= deadline {
-            return a;
-        }
-        std::thread::sleep(ADDRESS_POLL.min(deadline.saturating_duration_since(Instant::now())));
-    }
+    let mut a = Vec::new();
+    poll_until(deadline, ADDRESS_POLL, || {
+        a = addresses_of(sys, index);
+        !a.is_empty()
+    });
+    a
 }
 
 #[cfg(test)]

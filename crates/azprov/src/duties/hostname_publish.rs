@@ -9,20 +9,21 @@
 //! warning.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::dhcp_client::{
-    detect, networkd_reconfigure, run_ok, wait_for_lease, DhclientProc, Relet, Stack, ROUTE_SETTLE, WICKED_DHCP,
+    detect, dhclient_cmd, networkd_lease, networkd_reconfigure, run_ok, wait_for_lease, without_mode, DhclientProc,
+    Relet, Stack, ROUTE_SETTLE, WICKED_DHCP,
 };
 use super::{excerpt, hostname, Outcome};
 use crate::report::Failure;
 use crate::system::{Command, System};
+use crate::timeutil::poll_until;
 
 /// The public reason of every publishing failure.
 pub const FAILURE: &str = "failure to publish hostname";
 
-const NETWORKD_LEASES: &str = "/run/systemd/netif/leases";
 const DHCLIENT_CONF: &str = "/etc/dhcp/dhclient.conf";
 const SEND_HOST_NAME: &str = "send host-name = gethostname();";
 /// How long networkd gets to take its new lease after `networkctl reconfigure`.
@@ -131,7 +132,7 @@ fn networkd(sys: &dyn System, name: &str, reach: Option<Ipv4Addr>) -> Outcome {
         Err(e) => return failed(M, format!("networkctl list: {e}")),
     };
     let links = networkd_links(&list);
-    let lease = |idx: u32| sys.read_to_string(&PathBuf::from(format!("{NETWORKD_LEASES}/{idx}"))).ok();
+    let lease = |idx: u32| networkd_lease(sys, idx);
     let with_lease: Vec<&(u32, String)> = links.iter().filter(|(i, _)| lease(*i).is_some()).collect();
     let (targets, note) = if with_lease.is_empty() {
         (links.iter().collect::<Vec<_>>(), "no DHCP lease file; every managed ethernet link")
@@ -274,7 +275,7 @@ fn dhclient(sys: &dyn System, name: &str, procs: &[DhclientProc], reach: Option<
                 continue;
             }
         }
-        if p.args.iter().any(|a| a == "-d") {
+        if p.is_foreground() {
             // a foreground dhclient belongs to a service manager: restarting it here would take it from its manager
             done.push(format!("pid {} runs in the foreground (-d) under a service manager: not restarted", p.pid));
             continue;
@@ -308,12 +309,11 @@ fn dhclient(sys: &dyn System, name: &str, procs: &[DhclientProc], reach: Option<
         }
         // stop without a DHCPRELEASE (-x), then the same command again: it asks for its lease back with the name
         let args = p.restart_args(name);
-        let mut stop: Vec<&str> = vec!["-x"];
-        stop.extend(args.iter().map(String::as_str).filter(|a| *a != "-1" && *a != "-nw"));
+        let stop = dhclient_cmd("-x", &without_mode(&args));
         // without `-1`: should the server not answer in time, the client goes on in the background (and keeps its
         // lease) instead of exiting and leaving the interface without a DHCP client
         let start: Vec<&str> = args.iter().map(String::as_str).filter(|a| *a != "-1").collect();
-        for cmd in [Command::new("dhclient", &stop), Command::new("dhclient", &start)] {
+        for cmd in [stop, Command::new("dhclient", &start)] {
             if let Err(e) = run_ok(sys, &cmd) {
                 return Outcome::Failed(
                     Failure::new(FAILURE).with("method", M).with("interface", ifs.join(",")).with("exception", e),
@@ -325,12 +325,11 @@ fn dhclient(sys: &dyn System, name: &str, procs: &[DhclientProc], reach: Option<
             let now = sys.read_to_string(Path::new(&p.pid_file)).ok().and_then(|s| s.trim().parse::<u32>().ok());
             now.filter(|pid| sys.exists(Path::new(&format!("/proc/{pid}"))))
         };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-        let mut alive = alive_pid();
-        while alive.is_none() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut alive = None;
+        poll_until(Instant::now() + Duration::from_secs(3), Duration::from_millis(50), || {
             alive = alive_pid();
-        }
+            alive.is_some()
+        });
         // dhclient-script's STOP flushed the address; a background (-nw) client gets it back after returning: what
         // follows (routes, the Ready report) needs the lease and the platform route back
         if args.iter().any(|a| a == "-nw") {

@@ -18,8 +18,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::dhcp_client::{
-    addresses_of, detect, networkd_lease, networkd_reconfigure, networkd_wait_lease, run_ok, running_dhclients,
-    wait_for_address, wait_for_lease, DhclientProc, Relet, Stack, ADDRESS_POLL,
+    addresses_of, detect, dhclient_cmd, networkd_lease, networkd_reconfigure, networkd_wait_lease, run_ok,
+    running_dhclients, wait_for_address, wait_for_lease, without_mode, DhclientProc, Relet, Stack, ADDRESS_POLL,
 };
 use super::{nics, Outcome};
 use crate::report::Failure;
@@ -425,9 +425,7 @@ impl<'a> Watcher<'a> {
             match dhcp_link(self.sys, &name, dhcp_for) {
                 Ok(addresses) => {
                     // the stack adds the lease's routes after its address
-                    if opts.reach.is_some() {
-                        let _ = wait_for_lease(self.sys, attached.link.index, opts.reach, Instant::now() + dhcp_for);
-                    }
+                    let _ = wait_for_lease(self.sys, attached.link.index, opts.reach, Instant::now() + dhcp_for);
                     let nic = AttachedNic { link: attached.link, addresses };
                     let primary = is_primary(&nic);
                     done.nics.push(nic);
@@ -455,12 +453,11 @@ pub fn stop_detached_dhclients(sys: &dyn System, ifname: &str) -> Vec<String> {
     }
     let mut out = Vec::new();
     for p in running_dhclients(sys).into_iter().filter(|p| p.interfaces() == [ifname]) {
-        if p.args.iter().any(|a| a == "-d") {
+        if p.is_foreground() {
             out.push(format!("dhclient pid {} of {ifname} runs in the foreground (-d): left to its service", p.pid));
             continue;
         }
-        let args: Vec<String> = p.args.iter().filter(|a| *a != "-1" && *a != "-nw").cloned().collect();
-        let mut cmd = with_first("-x", &args);
+        let mut cmd = dhclient_cmd("-x", &without_mode(&p.args));
         cmd.timeout = Duration::from_secs(15);
         let ran = sys.run(&cmd);
         let alive = running_dhclients(sys).iter().any(|q| q.pid == p.pid);
@@ -548,15 +545,9 @@ fn dhclient_fresh_args(sys: &dyn System, procs: &[DhclientProc], ifname: &str) -
     args
 }
 
-fn with_first(first: &str, args: &[String]) -> Command {
-    let mut argv: Vec<&str> = vec![first];
-    argv.extend(args.iter().map(String::as_str));
-    Command::new("dhclient", &argv)
-}
-
 /// One `dhclient -1` attempt bounded by `left`.
 fn dhclient_once(sys: &dyn System, args: &[String], left: Duration) -> Result<(), String> {
-    let mut cmd = with_first("-1", args);
+    let mut cmd = dhclient_cmd("-1", args);
     cmd.timeout = left.min(DHCLIENT_ATTEMPT) + Duration::from_secs(5);
     run_ok(sys, &cmd)
 }
@@ -756,25 +747,25 @@ fn renew_dhclient(
         return match dhclient_once(sys, &args, wait) {
             Ok(()) => Ok(format!("new dhclient for {ifname}")),
             Err(e) => {
-                let _ = run_ok(sys, &with_first("-nw", &args));
+                let _ = run_ok(sys, &dhclient_cmd("-nw", &args));
                 Err(RenewError::Fail(e))
             }
         };
     };
-    if p.args.iter().any(|a| a == "-d") {
+    if p.is_foreground() {
         return Err(RenewError::Skip(format!(
             "dhclient pid {} runs in the foreground (-d) under a service manager: not restarted",
             p.pid
         )));
     }
-    let args: Vec<String> = p.args.iter().filter(|a| *a != "-1" && *a != "-nw").cloned().collect();
+    let args = without_mode(&p.args);
     // release (DHCPRELEASE, stops the running client through its pid file), then ask again
-    run_ok(sys, &with_first("-r", &args)).map_err(RenewError::Fail)?;
+    run_ok(sys, &dhclient_cmd("-r", &args)).map_err(RenewError::Fail)?;
     match dhclient_once(sys, &args, wait) {
         Ok(()) => Ok(format!("dhclient -r then -1 (pid {} replaced)", p.pid)),
         Err(e) => {
             // never leave the interface without a client: it goes on in the background
-            let _ = run_ok(sys, &with_first("-nw", &args));
+            let _ = run_ok(sys, &dhclient_cmd("-nw", &args));
             Err(RenewError::Fail(e))
         }
     }

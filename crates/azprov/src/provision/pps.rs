@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use super::{exit, Run, RUN_OVF};
 use crate::duties::{self, Outcome};
 use crate::plan::{self, Phase, PpsKind};
-use crate::platform::endpoint;
 use crate::platform::http::TransportError;
 use crate::platform::imds::{self, ImdsConfig, Instance, ReprovisionConfig};
 use crate::platform::ovf::{self, Environment};
@@ -92,7 +91,7 @@ impl Run<'_> {
                             tracing::info!("pps_assignment: {}", b.describe());
                             self.record("pps_assignment", StepOutcome::Done, t, b.describe());
                             let name = b.link.name.clone();
-                            let imds = endpoint::url_ipv4(&self.cfg.platform.imds_url);
+                            let imds = self.imds_addr();
                             self.side_step("pps_dhcp", false, |sys, _| {
                                 duties::pps_network::renew_dhcp(sys, &name, imds)
                             });
@@ -104,7 +103,7 @@ impl Run<'_> {
                     let opts = duties::pps_network::ReattachOptions {
                         timeout,
                         dhcp_timeout: Duration::from_secs(self.cfg.pps.dhcp_wait_secs),
-                        reach: endpoint::url_ipv4(&self.cfg.platform.imds_url),
+                        reach: self.imds_addr(),
                         ..Default::default()
                     };
                     // the first NIC with a lease: IMDS (asked next) names the customer's primary NIC, and the
@@ -136,7 +135,7 @@ impl Run<'_> {
         let (sys, clock) = (self.sys, self.clock);
         let mut renewals = 0u32;
         let mac = self.progress.primary_mac.clone();
-        let imds = endpoint::url_ipv4(&self.cfg.platform.imds_url);
+        let imds = self.imds_addr();
         let mut on_conn_error = |e: &TransportError| {
             if renewed_at.is_some_and(|r| clock.now().saturating_duration_since(r) < RENEWAL_GRACE) {
                 tracing::info!(
