@@ -297,15 +297,17 @@ fn our_unfinished_layout(src: &dyn ReadAt) -> io::Result<bool> {
         let Some(off) = le64(&hdr, 72).checked_mul(sector) else { return Ok(false) };
         let raw = read_clamped(src, off, (count.min(1024) * esize.min(4096)) as usize)?;
         let used: Vec<&[u8]> =
-            raw.chunks(esize.max(128) as usize).filter(|e| e[..16].iter().any(|&b| b != 0)).collect();
+            raw.chunks(esize.max(128) as usize).filter(|e| e.len() >= 128 && e[..16].iter().any(|&b| b != 0)).collect();
         let [e] = used.as_slice() else { return Ok(false) };
-        if e.len() < 128 || e[..16] != LINUX_FS {
+        if e[..16] != LINUX_FS {
             return Ok(false);
         }
         let name: Vec<u16> = e[56..128].chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
         let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
         let (first, last) = (le64(e, 32), le64(e, 40));
-        let (start, len) = (first * sector, (last + 1 - first.min(last + 1)) * sector);
+        // LBAs from the disk: no overflow on absurd values (they simply do not match our layout)
+        let (start, len) =
+            (first.saturating_mul(sector), last.saturating_add(1).saturating_sub(first).saturating_mul(sector));
         return Ok(String::from_utf16_lossy(&name[..end]) == "resource"
             && start == want.partition.start
             && len == want.partition.len);
@@ -445,6 +447,14 @@ mod tests {
         let mut other = d.clone();
         other[1024 + 56] = b'X';
         assert!(matches!(classify(&other).unwrap(), Verdict::Keep(_)));
+        // a header whose entries are shorter than 128 bytes, or whose LBAs overflow: not ours, no panic
+        let mut short = d.clone();
+        short[512 + 80..512 + 84].copy_from_slice(&1u32.to_le_bytes());
+        short[512 + 84..512 + 88].copy_from_slice(&8u32.to_le_bytes());
+        assert!(!our_unfinished_layout(&short).unwrap());
+        let mut huge = d.clone();
+        huge[1024 + 32..1024 + 48].fill(0xff);
+        assert!(!our_unfinished_layout(&huge).unwrap());
         // our layout with a file system in it is not blank
         let mut ext = d.clone();
         ext[p + 1024 + 56..p + 1024 + 58].copy_from_slice(&0xef53u16.to_le_bytes());
