@@ -146,9 +146,29 @@ pub fn rerun_in_namespaces(
         eprintln!("skipping {name}: {text}");
         return None;
     }
-    assert!(out.status.success(), "{text}");
+    assert!(out.status.success(), "{text}\n--- the child's failure, in short ---\n{}", panic_summary(&text));
     assert!(text.contains(ok_marker), "the child did not run the checks:\n{text}");
     Some(text)
+}
+
+/// The child's panic lines with the message after each (up to its backtrace), so that the end of a long failure
+/// output (all a CI log may keep) still says what failed.
+fn panic_summary(text: &str) -> String {
+    let mut out = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.contains("panicked at") {
+            out.push(line);
+            out.extend(
+                lines.by_ref().take_while(|l| !l.starts_with("stack backtrace:") && !l.starts_with("note:")).take(12),
+            );
+        }
+    }
+    if out.is_empty() {
+        text.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    } else {
+        out.join("\n")
+    }
 }
 
 /// In the child of [`rerun_in_namespaces`]: refuse unless in namespaces other than the parent's, make every mount

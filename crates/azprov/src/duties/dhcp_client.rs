@@ -201,26 +201,56 @@ pub fn running_clients(sys: &dyn System, program: &str) -> Vec<DhclientProc> {
         };
         for n in names.iter().filter(|n| wanted(n)) {
             let pid_file = format!("{dir}/{n}");
-            let Some(pid) = sys.read_to_string(Path::new(&pid_file)).ok().and_then(|s| s.trim().parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if out.iter().any(|p| p.pid == pid) {
-                continue;
-            }
-            let Ok(cmdline) = sys.read(Path::new(&format!("/proc/{pid}/cmdline"))) else { continue };
-            let mut argv =
-                cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned());
-            let named = argv.next().is_some_and(|a0| {
-                let cmd = a0.split(|c: char| c.is_whitespace() || c == ':').next().unwrap_or("");
-                cmd.rsplit('/').next() == Some(program)
-            });
-            if named {
-                out.push(DhclientProc { pid, pid_file, args: argv.collect() });
+            if let Some((pid, args)) = live_process_in(sys, &pid_file, program) {
+                if !out.iter().any(|p| p.pid == pid) {
+                    out.push(DhclientProc { pid, pid_file, args });
+                }
             }
         }
     }
     out
+}
+
+/// The live `program` process that `pid_file` names, with its arguments (without `argv[0]`): its
+/// `/proc/<pid>/cmdline` must name the program, which rules out a zombie (empty command line) and a reused pid.
+pub fn live_process_in(sys: &dyn System, pid_file: &str, program: &str) -> Option<(u32, Vec<String>)> {
+    let pid = sys.read_to_string(Path::new(pid_file)).ok()?.trim().parse::<u32>().ok()?;
+    let cmdline = sys.read(Path::new(&format!("/proc/{pid}/cmdline"))).ok()?;
+    let mut argv =
+        cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned());
+    let named = argv.next().is_some_and(|a0| {
+        let cmd = a0.split(|c: char| c.is_whitespace() || c == ':').next().unwrap_or("");
+        cmd.rsplit('/').next() == Some(program)
+    });
+    named.then(|| (pid, argv.collect()))
+}
+
+/// How long a daemonizing DHCP client gets to write its pid file: it does so just after forking, a moment after
+/// the command that started it returned.
+pub const DAEMON_PID_WAIT: Duration = Duration::from_secs(3);
+
+/// The pid file `dhclient` with arguments `args` writes (`-pf`, else ISC's default).
+pub fn dhclient_pid_file(args: &[String]) -> String {
+    let p = DhclientProc { pid: 0, pid_file: String::new(), args: args.to_vec() };
+    p.option("-pf").unwrap_or("/run/dhclient.pid").to_string()
+}
+
+/// Wait until `pid_file` names a live `program` process other than `old` (the one it replaces), until
+/// `deadline`; answers its pid. Whoever looks for the running clients next (a later renewal, the Savable stop,
+/// host-name publishing) finds it only through that file.
+pub fn wait_for_daemon(
+    sys: &dyn System,
+    pid_file: &str,
+    program: &str,
+    old: Option<u32>,
+    deadline: Instant,
+) -> Option<u32> {
+    let mut found = None;
+    poll_until(deadline, LEASE_POLL, || {
+        found = live_process_in(sys, pid_file, program).map(|(pid, _)| pid).filter(|pid| Some(*pid) != old);
+        found.is_some()
+    });
+    found
 }
 
 /// Run `cmd`; `Err(description)` unless it exits 0.

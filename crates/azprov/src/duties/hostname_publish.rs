@@ -13,13 +13,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::dhcp_client::{
-    detect, dhclient_cmd, networkd_lease, networkd_reconfigure, run_ok, wait_for_lease, without_mode, DhclientProc,
-    Relet, Stack, ROUTE_SETTLE, WICKED_DHCP,
+    detect, dhclient_cmd, networkd_lease, networkd_reconfigure, run_ok, wait_for_daemon, wait_for_lease, without_mode,
+    DhclientProc, Relet, Stack, DAEMON_PID_WAIT, ROUTE_SETTLE, WICKED_DHCP,
 };
 use super::{excerpt, hostname, Outcome};
 use crate::report::Failure;
 use crate::system::{Command, System};
-use crate::timeutil::poll_until;
 
 /// The public reason of every publishing failure.
 pub const FAILURE: &str = "failure to publish hostname";
@@ -320,16 +319,8 @@ fn dhclient(sys: &dyn System, name: &str, procs: &[DhclientProc], reach: Option<
                 );
             }
         }
-        // confirmation: a live dhclient under the same pid file (the daemon writes it just after forking)
-        let alive_pid = || {
-            let now = sys.read_to_string(Path::new(&p.pid_file)).ok().and_then(|s| s.trim().parse::<u32>().ok());
-            now.filter(|pid| sys.exists(Path::new(&format!("/proc/{pid}"))))
-        };
-        let mut alive = None;
-        poll_until(Instant::now() + Duration::from_secs(3), Duration::from_millis(50), || {
-            alive = alive_pid();
-            alive.is_some()
-        });
+        // confirmation: a new live dhclient under the same pid file (the daemon writes it just after forking)
+        let alive = wait_for_daemon(sys, &p.pid_file, "dhclient", Some(p.pid), Instant::now() + DAEMON_PID_WAIT);
         // dhclient-script's STOP flushed the address; a background (-nw) client gets it back after returning: what
         // follows (routes, the Ready report) needs the lease and the platform route back
         if args.iter().any(|a| a == "-nw") {
@@ -566,10 +557,12 @@ mod tests {
             ("/etc/dhcp/dhclient.conf", "# conf\nsend host-name \"old-name\";\nrequest subnet-mask;\n"),
         ]);
         sys.script("dhclient", ok(""));
+        // the restarted client writes its own pid into the same file
+        sys.script_effect("dhclient", &[("/run/dhclient.eth0.pid", "4243\n"), ("/proc/4243/cmdline", CMDLINE)]);
         match publish(&sys, "vm1", None) {
             Outcome::Done(d) => {
                 assert!(d.contains("/etc/dhcp/dhclient.conf sends the host name"), "{d}");
-                assert!(d.contains("restarted without release (pid 4242)"), "{d}");
+                assert!(d.contains("restarted without release (pid 4243)"), "{d}");
             }
             other => panic!("{other:?}"),
         }
@@ -584,6 +577,7 @@ mod tests {
             ]
         );
         // again: the configuration is not rewritten
+        sys.script_effect("dhclient", &[("/run/dhclient.eth0.pid", "4244\n"), ("/proc/4244/cmdline", CMDLINE)]);
         let before = std::fs::metadata(d.path().join("etc/dhcp/dhclient.conf")).unwrap().modified().unwrap();
         match publish(&sys, "vm1", None) {
             Outcome::Done(r) => assert!(!r.contains("sends the host name"), "{r}"),
@@ -606,6 +600,10 @@ mod tests {
             ("/etc/sysconfig/network-scripts/ifcfg-eth0", "DEVICE=eth0\nBOOTPROTO=dhcp\nDHCP_HOSTNAME=old\n"),
         ]);
         sys.script("dhclient", ok(""));
+        sys.script_effect(
+            "dhclient",
+            &[("/var/run/dhclient-eth0.pid", "100\n"), ("/proc/100/cmdline", "dhclient\0eth0\0")],
+        );
         assert!(matches!(publish(&sys, "vm1", None), Outcome::Done(_)));
         assert_eq!(read(&d, "/etc/dhcp/dhclient-eth0.conf"), format!("{SEND_HOST_NAME}\n"));
         assert_eq!(
@@ -667,10 +665,14 @@ mod tests {
         let link = |index: u32, name: &str| crate::system::Link { index, name: name.into(), ..Default::default() };
         sys.set_links(vec![link(1, "lo"), link(3, "eth1")]);
         sys.script("dhclient", ok(""));
+        sys.script_effect(
+            "dhclient",
+            &[("/run/dhclient.eth1.pid", "4344\n"), ("/proc/4344/cmdline", "dhclient\0eth1\0")],
+        );
         match publish(&sys, "vm1", None) {
             Outcome::Done(d) => {
                 assert!(d.contains("pid 4242 serves eth0 (no longer present): not restarted"), "{d}");
-                assert!(d.contains("dhclient eth1 restarted without release"), "{d}");
+                assert!(d.contains("dhclient eth1 restarted without release (pid 4344)"), "{d}");
             }
             other => panic!("{other:?}"),
         }

@@ -62,12 +62,17 @@ impl LinkWatch for ScriptedWatch<'_> {
     }
 }
 
+/// A file a scripted program writes: its path under the root and its contents.
+type FileEffect = (PathBuf, Vec<u8>);
+
 pub struct RecordingSystem {
     /// Behave as the running system (`is_live`) while still keeping every path in the sandbox.
     live: std::sync::atomic::AtomicBool,
     inner: RealSystem,
     commands: Mutex<Vec<Command>>,
     scripted: Mutex<HashMap<String, CommandOutput>>,
+    /// Files a scripted program leaves behind (sandbox paths and contents) each time it exits 0.
+    effects: Mutex<HashMap<String, Vec<FileEffect>>>,
     missing: Mutex<Vec<String>>,
     /// A scripted kernel routing table (`None`: ask the inner system, which refuses under a root).
     routes: Mutex<Option<Vec<Ipv4Route>>>,
@@ -91,6 +96,7 @@ impl RecordingSystem {
             inner: RealSystem::new(root),
             commands: Mutex::new(Vec::new()),
             scripted: Mutex::new(HashMap::new()),
+            effects: Mutex::new(HashMap::new()),
             missing: Mutex::new(Vec::new()),
             routes: Mutex::new(None),
             added_routes: Mutex::new(Vec::new()),
@@ -121,6 +127,14 @@ impl RecordingSystem {
     pub fn script(&self, program: &str, output: CommandOutput) {
         if let Ok(mut m) = self.scripted.lock() {
             m.insert(program.to_string(), output);
+        }
+    }
+    /// Make a scripted `program` leave `files` (absolute paths under the root, contents) each time it exits 0, as
+    /// a daemon writes its pid file.
+    pub fn script_effect(&self, program: &str, files: &[(&str, &str)]) {
+        if let Ok(mut m) = self.effects.lock() {
+            let files = files.iter().map(|(p, c)| (PathBuf::from(p), c.as_bytes().to_vec())).collect();
+            m.insert(program.to_string(), files);
         }
     }
     /// Pretend `program` is not installed.
@@ -305,7 +319,16 @@ impl System for RecordingSystem {
         }
         let scripted = self.scripted.lock().ok().and_then(|m| m.get(&cmd.program).cloned());
         match scripted {
-            Some(out) => Ok(out),
+            Some(out) => {
+                let effects = self.effects.lock().ok().and_then(|m| m.get(&cmd.program).cloned());
+                for (path, data) in effects.into_iter().flatten().filter(|_| out.success()) {
+                    if let Some(dir) = path.parent() {
+                        self.inner.create_dir_all(dir, 0o755, None)?;
+                    }
+                    self.inner.write_file(&path, &data, 0o644, None)?;
+                }
+                Ok(out)
+            }
             None => self.inner.run(cmd),
         }
     }
