@@ -229,10 +229,10 @@ pub fn live_process_in(sys: &dyn System, pid_file: &str, program: &str) -> Optio
 /// the command that started it returned.
 pub const DAEMON_PID_WAIT: Duration = Duration::from_secs(3);
 
-/// The pid file `dhclient` with arguments `args` writes (`-pf`, else ISC's default).
+/// The pid file `dhclient` with arguments `args` writes (`-pf`, else ISC dhclient's built-in `/var/run/dhclient.pid`).
 pub fn dhclient_pid_file(args: &[String]) -> String {
     let p = DhclientProc { pid: 0, pid_file: String::new(), args: args.to_vec() };
-    p.option("-pf").unwrap_or("/run/dhclient.pid").to_string()
+    p.option("-pf").unwrap_or("/var/run/dhclient.pid").to_string()
 }
 
 /// Wait until `pid_file` names a live `program` process other than `old` (the one it replaces), until
@@ -318,6 +318,32 @@ mod tests {
             }
         }
         (d, sys)
+    }
+
+    #[test]
+    fn a_daemon_is_live_only_by_its_command_line_and_new_when_asked() {
+        let (_d, sys) = sandbox(
+            &[
+                ("/run/dhclient.eth0.pid", "20\n"),
+                ("/proc/20/cmdline", "/sbin/dhclient\0-4\0eth0\0"),
+                // a zombie: /proc/<pid> exists, its command line is empty
+                ("/run/dhclient.eth1.pid", "21\n"),
+                ("/proc/21/cmdline", ""),
+            ],
+            &[],
+        );
+        let live = live_process_in(&sys, "/run/dhclient.eth0.pid", "dhclient");
+        assert_eq!(live, Some((20, vec!["-4".to_string(), "eth0".to_string()])));
+        assert_eq!(live_process_in(&sys, "/run/dhclient.eth1.pid", "dhclient"), None);
+        assert_eq!(live_process_in(&sys, "/run/dhclient.eth0.pid", "dhcpcd"), None);
+        let soon = Instant::now() + Duration::from_millis(120);
+        assert_eq!(wait_for_daemon(&sys, "/run/dhclient.eth0.pid", "dhclient", None, soon), Some(20));
+        let t = Instant::now();
+        assert_eq!(wait_for_daemon(&sys, "/run/dhclient.eth0.pid", "dhclient", Some(20), soon), None, "the old one");
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(dhclient_pid_file(&args(&["-4", "-pf", "/run/x.pid", "eth0"])), "/run/x.pid");
+        assert_eq!(dhclient_pid_file(&args(&["-4", "eth0"])), "/var/run/dhclient.pid");
     }
 
     #[test]
