@@ -457,6 +457,15 @@ fn run_flow(opts: &InnerOptions, vm: &VmDefinition, dir: &Path, started: Instant
         if !out.status.success() {
             return Err(format!("the pool lease: dhclient failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
         }
+        // the client forked into the background and writes its pid file a moment later: the image's client is
+        // running (and found by the agent through that file) only then
+        let until = Instant::now() + Duration::from_secs(5);
+        while sandbox_dhclients().is_empty() {
+            if Instant::now() >= until {
+                return Err(format!("the pool lease: no live dhclient in {pf} within 5 s"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     let result = run_agent(opts, vm, &nic, dhcp.as_ref(), &path, dir, started);
     for pid in sandbox_dhclients() {
