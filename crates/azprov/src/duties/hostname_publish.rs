@@ -102,7 +102,7 @@ pub fn publish(sys: &dyn System, name: &str, reach: Option<Ipv4Addr>) -> Outcome
                 .into(),
         ),
         Some(Stack::Networkd) => networkd(sys, &name, reach),
-        Some(Stack::NetworkManager) => network_manager(sys, &name),
+        Some(Stack::NetworkManager) => network_manager(sys, &name, reach),
         Some(Stack::Dhclient(procs)) => dhclient(sys, &name, &procs, reach),
         Some(Stack::Wicked) => wicked(sys, &name),
         Some(Stack::Dhcpcd(_)) => {
@@ -228,7 +228,7 @@ pub fn nm_devices(status: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn network_manager(sys: &dyn System, name: &str) -> Outcome {
+fn network_manager(sys: &dyn System, name: &str, reach: Option<Ipv4Addr>) -> Outcome {
     const M: &str = "NetworkManager";
     let status =
         match sys.run(&Command::new("nmcli", &["-t", "-f", "DEVICE,TYPE,STATE,CONNECTION", "device", "status"])) {
@@ -254,7 +254,20 @@ fn network_manager(sys: &dyn System, name: &str) -> Outcome {
                 );
             }
         }
-        done.push(format!("{dev} ({con}) reapplied"));
+        // the reapply restarts the DHCP transaction (a moment without a lease): what follows (routes, the Ready
+        // report) needs the address and the platform route back
+        let index = sys.links().ok().and_then(|l| l.into_iter().find(|l| &l.name == dev)).map(|l| l.index);
+        let settled = match index {
+            Some(i) => match wait_for_lease(sys, i, reach, Instant::now() + RELET_WAIT) {
+                (a, _) if a.is_empty() => format!("; no address within {}s", RELET_WAIT.as_secs()),
+                (_, false) => {
+                    format!("; no route to {} through it yet", reach.map(|r| r.to_string()).unwrap_or_default())
+                }
+                _ => String::new(),
+            },
+            None => String::new(),
+        };
+        done.push(format!("{dev} ({con}) reapplied{settled}"));
     }
     Outcome::Done(format!("published {name} through {M}: {}", done.join("; ")))
 }
