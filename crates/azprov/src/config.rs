@@ -230,11 +230,14 @@ pub struct HostnameDuty {
     pub enabled: bool,
     /// Add `127.0.1.1 <name>` to /etc/hosts unless nsswitch resolves it with `myhostname`.
     pub manage_etc_hosts: bool,
+    /// On every later boot, ask IMDS for the computerName and apply (and publish) it when the platform's name is not
+    /// the one applied for this VM id before. Off: the host name is set only for a new VM id.
+    pub follow_platform_renames: bool,
 }
 
 impl Default for HostnameDuty {
     fn default() -> Self {
-        HostnameDuty { enabled: true, manage_etc_hosts: true }
+        HostnameDuty { enabled: true, manage_etc_hosts: true, follow_platform_renames: false }
     }
 }
 

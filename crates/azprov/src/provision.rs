@@ -120,6 +120,9 @@ const HOST_KEYS_REQUEST: &str = "host-keys";
 /// Progress key: the host key thumbprint went to the platform (or was tried) for this VM id.
 const ROLE_PROPERTIES: &str = "role_properties";
 
+/// How long a later boot asks IMDS for a renamed computerName (`duties.hostname.follow_platform_renames`).
+const FOLLOW_IMDS_DEADLINE: Duration = Duration::from_secs(30);
+
 fn imds_client(cfg: &Config) -> HttpClient {
     HttpClient::new(
         Duration::from_secs(cfg.platform.connect_timeout_secs),
@@ -942,10 +945,56 @@ impl<'a> Run<'a> {
         });
     }
 
+    /// A later boot with `duties.hostname.follow_platform_renames`: IMDS's computerName is applied (and published)
+    /// when it is not the name applied for this VM id before, i.e. the platform renamed the VM. A name the admin set
+    /// by hand stays as long as the platform's is unchanged.
+    fn follow_platform_hostname(&mut self) {
+        const STEP: &str = "hostname_follow";
+        let d = &self.cfg.duties.hostname;
+        if !d.enabled || !d.follow_platform_renames {
+            return;
+        }
+        let manage_hosts = d.manage_etc_hosts;
+        let t = self.clock.now();
+        let client = imds_client(self.cfg);
+        let mut icfg = ImdsConfig::new(self.cfg.platform.imds_url.clone());
+        icfg.deadline = Duration::from_secs(self.cfg.platform.imds_deadline_secs).min(FOLLOW_IMDS_DEADLINE);
+        let instance = match imds::fetch_instance(&client, &icfg, self.clock) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!("{STEP}: IMDS: {e}");
+                return self.record(STEP, StepOutcome::Skipped, t, format!("IMDS did not answer: {e}"));
+            }
+        };
+        let Some(name) = plan::identity(None, Some(&instance)).hostname else {
+            return self.record(STEP, StepOutcome::Skipped, t, "IMDS gives no computerName".into());
+        };
+        let key = Action::Hostname { name: name.clone() }.key();
+        if self.progress.done.contains(&key) {
+            let why = format!("the platform's name {name} is the one applied for this VM id");
+            return self.record(STEP, StepOutcome::Skipped, t, why);
+        }
+        let failed = self.side_step(STEP, false, |sys, _| match duties::hostname::apply(sys, &name, manage_hosts) {
+            Outcome::Done(d) => Outcome::Done(format!("the platform renamed the VM to {name}: {d}")),
+            other => other,
+        });
+        if failed.is_none() {
+            self.progress.done.push(key);
+            self.save_progress();
+            if self.sys.is_live() {
+                let wire = self.wire_addr();
+                self.side_step("hostname_publish", false, |sys, _| {
+                    duties::hostname_publish::publish(sys, &name, Some(wire))
+                });
+            }
+        }
+    }
+
     /// A later boot of a provisioned VM: only the every-boot duties.
     fn every_boot_provisioned(&mut self) {
         if self.opts.phase.network() {
             self.routes();
+            self.follow_platform_hostname();
         }
         if matches!(self.opts.phase, PhaseSel::AfterReady | PhaseSel::All) {
             // the split units: the host-key phase finished (this unit is ordered after it) and the network phase

@@ -144,6 +144,57 @@ fn root_reboot_same_vm_does_nothing_new_vm_provisions_again() {
 }
 
 #[test]
+fn root_later_boot_follows_a_platform_rename_only_when_configured() {
+    if !can_run_as_root("root_later_boot_follows_a_platform_rename_only_when_configured") {
+        return;
+    }
+    let vm = vm();
+    let step = |env: &common::Env| {
+        let status = env.status_json();
+        let steps = status["steps"].as_array().cloned().unwrap_or_default();
+        steps.into_iter().find(|s| s["name"] == "hostname_follow").unwrap_or_default()
+    };
+    // the platform renames the VM: same VM id, IMDS gives another computerName
+    let renamed = VmDefinition { imds_hostname: Some("renamed-by-platform".into()), ..vm.clone() };
+    let sim2 = azprov_sim::server::Simulator::start(renamed, Faults::none()).unwrap();
+
+    let follow = "[duties.hostname]\nfollow_platform_renames = true\n";
+    let env = setup_with(vm.clone(), Faults::none(), Dvd::Udf102, follow, true);
+    assert_eq!(exit_code(&env.provision(&[])), 0);
+    assert_eq!(env.read("/etc/hostname").trim(), vm.hostname);
+    // a later boot, name unchanged on the platform
+    assert_eq!(exit_code(&env.provision(&[])), 0);
+    let s = step(&env);
+    assert_eq!(s["outcome"], "skipped", "{s}");
+    assert!(s["detail"].as_str().unwrap_or("").contains("is the one applied"), "{s}");
+    // the admin names the VM by hand: kept while the platform's name is unchanged
+    std::fs::write(env.path("/etc/hostname"), "admin-choice\n").unwrap();
+    assert_eq!(exit_code(&env.provision(&[])), 0);
+    assert_eq!(env.read("/etc/hostname").trim(), "admin-choice");
+    // renamed on the platform: applied, once, with no second report
+    let out = env.provision_with(&sim2.url(), &sim2.url());
+    assert_eq!(exit_code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(env.read("/etc/hostname").trim(), "renamed-by-platform");
+    let s = step(&env);
+    assert_eq!(s["outcome"], "done", "{s}");
+    assert!(s["detail"].as_str().unwrap_or("").contains("the platform renamed the VM to renamed-by-platform"), "{s}");
+    assert!(sim2.health_reports().is_empty(), "a later boot reports nothing");
+    assert!(env.read("/etc/hosts").contains("renamed-by-platform"));
+    std::fs::write(env.path("/etc/hostname"), "admin-again\n").unwrap();
+    assert_eq!(exit_code(&env.provision_with(&sim2.url(), &sim2.url())), 0);
+    assert_eq!(env.read("/etc/hostname").trim(), "admin-again", "the rename is applied once");
+
+    // the default: a later boot never asks IMDS for the name
+    let env = setup(vm.clone(), Faults::none(), Dvd::Udf102);
+    assert_eq!(exit_code(&env.provision(&[])), 0);
+    let before = sim2.requests().len();
+    assert_eq!(exit_code(&env.provision_with(&sim2.url(), &sim2.url())), 0);
+    assert_eq!(env.read("/etc/hostname").trim(), vm.hostname);
+    assert_eq!(sim2.requests().len(), before, "no IMDS request on a later boot");
+    assert!(step(&env).is_null());
+}
+
+#[test]
 fn root_lost_ready_repeats_only_the_report() {
     if !can_run_as_root("root_lost_ready_repeats_only_the_report") {
         return;
