@@ -230,7 +230,7 @@ pub struct HostnameDuty {
     pub enabled: bool,
     /// Add `127.0.1.1 <name>` to /etc/hosts unless nsswitch resolves it with `myhostname`.
     pub manage_etc_hosts: bool,
-    /// On every later boot, ask IMDS for the computerName and apply (and publish) it when the platform's name is not
+    /// On every later boot (after-ready phase), ask IMDS for the computerName and apply (and publish) it when the platform's name is not
     /// the one applied for this VM id before. Off: the host name is set only for a new VM id.
     pub follow_platform_renames: bool,
 }

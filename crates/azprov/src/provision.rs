@@ -123,6 +123,13 @@ const ROLE_PROPERTIES: &str = "role_properties";
 /// How long a later boot asks IMDS for a renamed computerName (`duties.hostname.follow_platform_renames`).
 const FOLLOW_IMDS_DEADLINE: Duration = Duration::from_secs(30);
 
+/// IMDS at its configured URL, asked until `deadline` from the first request.
+fn imds_config(cfg: &Config, deadline: Duration) -> ImdsConfig {
+    let mut icfg = ImdsConfig::new(cfg.platform.imds_url.clone());
+    icfg.deadline = deadline;
+    icfg
+}
+
 fn imds_client(cfg: &Config) -> HttpClient {
     HttpClient::new(
         Duration::from_secs(cfg.platform.connect_timeout_secs),
@@ -261,12 +268,14 @@ impl<'a> Run<'a> {
 
         let network = self.opts.phase.network();
         let client = imds_client(self.cfg);
-        let mut icfg = ImdsConfig::new(self.cfg.platform.imds_url.clone());
-        icfg.deadline = if self.opts.dry_run {
-            Duration::from_millis(self.cfg.platform.detect_timeout_ms)
-        } else {
-            Duration::from_secs(self.cfg.platform.imds_deadline_secs)
-        };
+        let icfg = imds_config(
+            self.cfg,
+            if self.opts.dry_run {
+                Duration::from_millis(self.cfg.platform.detect_timeout_ms)
+            } else {
+                Duration::from_secs(self.cfg.platform.imds_deadline_secs)
+            },
+        );
         let clock = self.clock;
         std::thread::scope(|s| {
             // IMDS runs while the DVD is read and the local duties run. Only an image with the guest proxy agent
@@ -957,8 +966,8 @@ impl<'a> Run<'a> {
         let manage_hosts = d.manage_etc_hosts;
         let t = self.clock.now();
         let client = imds_client(self.cfg);
-        let mut icfg = ImdsConfig::new(self.cfg.platform.imds_url.clone());
-        icfg.deadline = Duration::from_secs(self.cfg.platform.imds_deadline_secs).min(FOLLOW_IMDS_DEADLINE);
+        let deadline = Duration::from_secs(self.cfg.platform.imds_deadline_secs).min(FOLLOW_IMDS_DEADLINE);
+        let icfg = imds_config(self.cfg, deadline);
         let instance = match imds::fetch_instance(&client, &icfg, self.clock) {
             Ok(i) => i,
             Err(e) => {
@@ -994,9 +1003,10 @@ impl<'a> Run<'a> {
     fn every_boot_provisioned(&mut self) {
         if self.opts.phase.network() {
             self.routes();
-            self.follow_platform_hostname();
         }
         if matches!(self.opts.phase, PhaseSel::AfterReady | PhaseSel::All) {
+            // nothing waits for a rename: off the network phase, which WALinuxAgent is ordered after
+            self.follow_platform_hostname();
             // the split units: the host-key phase finished (this unit is ordered after it) and the network phase
             // left the thumbprint to us
             let sent = self.progress.done.iter().any(|d| d == ROLE_PROPERTIES);

@@ -50,6 +50,11 @@ pub struct DhclientProc {
     pub args: Vec<String>,
 }
 
+/// The value that follows option `opt` in `args`.
+fn option_value<'a>(args: &'a [String], opt: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == opt).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
 /// dhclient options that take a value (dhclient(8), ISC 4.4).
 const DHCLIENT_VALUE_OPTS: &[&str] = &[
     "-4o6",
@@ -82,7 +87,7 @@ impl DhclientProc {
     }
     /// The value of option `opt` (`-cf FILE`).
     pub fn option(&self, opt: &str) -> Option<&str> {
-        self.args.iter().position(|a| a == opt).and_then(|i| self.args.get(i + 1)).map(String::as_str)
+        option_value(&self.args, opt)
     }
     /// The interface names (the non-option arguments).
     pub fn interfaces(&self) -> Vec<String> {
@@ -231,8 +236,7 @@ pub const DAEMON_PID_WAIT: Duration = Duration::from_secs(3);
 
 /// The pid file `dhclient` with arguments `args` writes (`-pf`, else ISC dhclient's built-in `/var/run/dhclient.pid`).
 pub fn dhclient_pid_file(args: &[String]) -> String {
-    let p = DhclientProc { pid: 0, pid_file: String::new(), args: args.to_vec() };
-    p.option("-pf").unwrap_or("/var/run/dhclient.pid").to_string()
+    option_value(args, "-pf").unwrap_or("/var/run/dhclient.pid").to_string()
 }
 
 /// Wait until `pid_file` names a live `program` process other than `old` (the one it replaces), until

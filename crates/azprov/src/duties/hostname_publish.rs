@@ -240,6 +240,7 @@ fn network_manager(sys: &dyn System, name: &str, reach: Option<Ipv4Addr>) -> Out
     if devices.is_empty() {
         return Outcome::Skipped("NetworkManager has no connected ethernet device".into());
     }
+    let links = sys.links().ok();
     let mut done = Vec::new();
     for (dev, con) in &devices {
         let modify = Command::new(
@@ -256,7 +257,7 @@ fn network_manager(sys: &dyn System, name: &str, reach: Option<Ipv4Addr>) -> Out
         }
         // the reapply restarts the DHCP transaction (a moment without a lease): what follows (routes, the Ready
         // report) needs the address and the platform route back
-        let index = sys.links().ok().and_then(|l| l.into_iter().find(|l| &l.name == dev)).map(|l| l.index);
+        let index = links.iter().flatten().find(|l| &l.name == dev).map(|l| l.index);
         let settled = match index {
             Some(i) => match wait_for_lease(sys, i, reach, Instant::now() + RELET_WAIT) {
                 (a, _) if a.is_empty() => format!("; no address within {}s", RELET_WAIT.as_secs()),

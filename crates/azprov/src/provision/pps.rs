@@ -9,7 +9,7 @@ use super::{exit, Run, RUN_OVF};
 use crate::duties::{self, Outcome};
 use crate::plan::{self, Phase, PpsKind};
 use crate::platform::http::TransportError;
-use crate::platform::imds::{self, ImdsConfig, Instance, ReprovisionConfig};
+use crate::platform::imds::{self, Instance, ReprovisionConfig};
 use crate::platform::ovf::{self, Environment};
 use crate::platform::wireserver::{self, Health};
 use crate::report::Failure;
@@ -180,8 +180,7 @@ impl Run<'_> {
 
         // IMDS again: the customer's instance document, no longer a pool VM
         let t = self.clock.now();
-        let mut icfg = ImdsConfig::new(self.cfg.platform.imds_url.clone());
-        icfg.deadline = Duration::from_secs(self.cfg.platform.imds_deadline_secs);
+        let icfg = super::imds_config(self.cfg, Duration::from_secs(self.cfg.platform.imds_deadline_secs));
         let instance = match imds::fetch_instance(&client, &icfg, self.clock) {
             Ok(i) => i,
             Err(e) => return Err(Box::new(self.fail(e.failure()))),

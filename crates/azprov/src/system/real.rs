@@ -802,15 +802,13 @@ impl System for RealSystem {
     fn lock_block_device(&self, dev: &Path) -> io::Result<Box<dyn Lock>> {
         let file = OpenOptions::new().read(true).custom_flags(libc_o_nonblock()).open(dev)?;
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => return Ok(Box::new(FileLock { _file: file })),
-                Err(e) if e == rustix::io::Errno::WOULDBLOCK && std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let mut locked = Err(rustix::io::Errno::WOULDBLOCK);
+        crate::timeutil::poll_until(deadline, Duration::from_millis(20), || {
+            locked = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive);
+            locked != Err(rustix::io::Errno::WOULDBLOCK)
+        });
+        locked?;
+        Ok(Box::new(FileLock { _file: file }))
     }
 
     fn reread_partitions(&self, dev: &Path) -> io::Result<()> {
